@@ -1,0 +1,58 @@
+// What every thin main shares: a small flag parser and a runner that turns any exception into
+// one line on stderr ("<tool>: error: <what>") and the error's exit code.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace hrmclara {
+
+class ArgParser {
+ public:
+  ArgParser(std::string program, std::string usage);
+
+  // --name (no value).
+  ArgParser& flag(const std::string& name, const std::string& help);
+  // --name VALUE or --name=VALUE; `fallback` is returned by get() when absent.
+  ArgParser& option(const std::string& name, const std::string& help, const std::string& fallback = "");
+  // Adds --log-level, --device and --threads, the options every compute tool takes.
+  ArgParser& common_options();
+
+  // Parses argv. Returns false after printing help for --help/-h. Throws UsageError for unknown
+  // options or a missing value. Arguments that are not options are collected as positionals
+  // (e.g. key=value overrides); `max_positionals` < 0 means any number.
+  bool parse(int argc, char** argv, int max_positionals = -1);
+
+  bool has(const std::string& name) const;  // given on the command line
+  std::string get(const std::string& name) const;
+  // Throws UsageError naming the option when it is absent or not a number.
+  std::string require(const std::string& name) const;
+  long long get_int(const std::string& name) const;
+  double get_double(const std::string& name) const;
+  const std::vector<std::string>& positionals() const { return positionals_; }
+  std::string help() const;
+  const std::string& program() const { return program_; }
+
+ private:
+  struct Spec {
+    std::string help;
+    std::string fallback;
+    bool takes_value = true;
+  };
+  std::string program_, usage_;
+  std::vector<std::string> order_;
+  std::map<std::string, Spec> specs_;
+  std::map<std::string, std::string> values_;
+  std::vector<std::string> positionals_;
+};
+
+// Runs `body` and maps exceptions to exit codes: hrmclara::Error -> its code, anything else -> 1,
+// each reported as one line. Applies --log-level/--threads handling is left to the body.
+int run_main(const std::string& program, const std::function<int()>& body);
+
+// The first line of an exception message (LibTorch's messages carry backtraces).
+std::string first_line(const std::string& text);
+
+}  // namespace hrmclara

@@ -1,0 +1,43 @@
+// Small file helpers shared by every reader and writer, with errors that name the file.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace hrmclara {
+
+// Whole file as bytes; throws IoError naming the file if it is missing or unreadable.
+std::string read_file(const std::string& path);
+
+// Writes `path` by writing `path.tmp-<pid>` through `writer`, flushing it, and renaming it into
+// place, so a crash never leaves a half-written file where a good one was. On failure the temp
+// file is removed and the error rethrown.
+void write_atomically(const std::string& path, const std::function<void(const std::string& tmp_path)>& writer);
+
+// Writes bytes atomically.
+void write_file_atomically(const std::string& path, const std::string& bytes);
+
+bool file_exists(const std::string& path);
+bool is_directory(const std::string& path);
+std::uint64_t file_size(const std::string& path);
+
+// A read-only view of a whole file through mmap (copy-on-write, so the pages may be handed to
+// tensors that are written to without touching the file). Move-only.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  char* data() const { return data_; }
+  std::uint64_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  char* data_ = nullptr;
+  std::uint64_t size_ = 0;
+};
+
+}  // namespace hrmclara

@@ -1,0 +1,142 @@
+#include <hrmclara/cli.h>
+#include <hrmclara/errors.h>
+#include <hrmclara/log.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <iostream>
+
+namespace hrmclara {
+
+ArgParser::ArgParser(std::string program, std::string usage)
+    : program_(std::move(program)), usage_(std::move(usage)) {}
+
+ArgParser& ArgParser::flag(const std::string& name, const std::string& help) {
+  order_.push_back(name);
+  specs_[name] = Spec{help, "", false};
+  return *this;
+}
+
+ArgParser& ArgParser::option(const std::string& name, const std::string& help, const std::string& fallback) {
+  order_.push_back(name);
+  specs_[name] = Spec{help, fallback, true};
+  return *this;
+}
+
+ArgParser& ArgParser::common_options() {
+  option("log-level", "trace|debug|info|warn|error|off", "info");
+  option("device", "auto|cpu|cuda|cuda:N|mps (auto: MPS, then CUDA, then CPU)", "auto");
+  option("threads", "CPU threads (0: all cores)", "0");
+  return *this;
+}
+
+bool ArgParser::parse(int argc, char** argv, int max_positionals) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::cout << help();
+      return false;
+    }
+    if (arg.size() > 2 && arg.compare(0, 2, "--") == 0) {
+      std::string name = arg.substr(2), value;
+      bool inline_value = false;
+      if (auto eq = name.find('='); eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+        inline_value = true;
+      }
+      auto it = specs_.find(name);
+      if (it == specs_.end()) throw UsageError("unknown option --" + name + " (see --help)");
+      if (!it->second.takes_value) {
+        if (inline_value) throw UsageError("option --" + name + " takes no value");
+        values_[name] = "1";
+        continue;
+      }
+      if (!inline_value) {
+        if (i + 1 >= argc) throw UsageError("option --" + name + " needs a value");
+        value = argv[++i];
+      }
+      values_[name] = value;
+      continue;
+    }
+    positionals_.push_back(arg);
+  }
+  if (max_positionals >= 0 && static_cast<int>(positionals_.size()) > max_positionals)
+    throw UsageError("unexpected argument '" + positionals_[static_cast<size_t>(max_positionals)] + "' (see --help)");
+  if (specs_.count("log-level")) set_log_level(get("log-level"));
+  return true;
+}
+
+bool ArgParser::has(const std::string& name) const { return values_.count(name) > 0; }
+
+std::string ArgParser::get(const std::string& name) const {
+  if (auto it = values_.find(name); it != values_.end()) return it->second;
+  if (auto it = specs_.find(name); it != specs_.end()) return it->second.fallback;
+  return "";
+}
+
+std::string ArgParser::require(const std::string& name) const {
+  if (!has(name)) throw UsageError("missing required option --" + name + " (see --help)");
+  return get(name);
+}
+
+long long ArgParser::get_int(const std::string& name) const {
+  const std::string text = get(name);
+  try {
+    size_t used = 0;
+    long long v = std::stoll(text, &used);
+    if (used == text.size()) return v;
+  } catch (const std::exception&) {
+  }
+  throw UsageError("option --" + name + ": '" + text + "' is not an integer");
+}
+
+double ArgParser::get_double(const std::string& name) const {
+  const std::string text = get(name);
+  try {
+    size_t used = 0;
+    double v = std::stod(text, &used);
+    if (used == text.size()) return v;
+  } catch (const std::exception&) {
+  }
+  throw UsageError("option --" + name + ": '" + text + "' is not a number");
+}
+
+std::string ArgParser::help() const {
+  std::string out = "usage: " + program_ + " " + usage_ + "\n\noptions:\n";
+  for (const auto& name : order_) {
+    const Spec& s = specs_.at(name);
+    std::string left = "  --" + name + (s.takes_value ? " VALUE" : "");
+    if (left.size() < 26) left.resize(26, ' ');
+    out += left + " " + s.help;
+    if (s.takes_value && !s.fallback.empty()) out += " [" + s.fallback + "]";
+    out += "\n";
+  }
+  out += "  --help                     this text\n";
+  return out;
+}
+
+std::string first_line(const std::string& text) {
+  auto end = text.find('\n');
+  std::string line = end == std::string::npos ? text : text.substr(0, end);
+  while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+  return line;
+}
+
+int run_main(const std::string& program, const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    std::cerr << program << ": error: " << first_line(e.what()) << std::endl;
+    return static_cast<int>(e.code());
+  } catch (const std::bad_alloc&) {
+    std::cerr << program << ": error: out of memory" << std::endl;
+    return static_cast<int>(ExitCode::kFailure);
+  } catch (const std::exception& e) {
+    std::cerr << program << ": error: " << first_line(e.what()) << std::endl;
+    return static_cast<int>(ExitCode::kFailure);
+  }
+}
+
+}  // namespace hrmclara

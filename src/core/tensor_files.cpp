@@ -1,0 +1,315 @@
+// safetensors and .npy, plus the dtype names every tool prints.
+#include <hrmclara/errors.h>
+#include <hrmclara/files.h>
+#include <hrmclara/tensor_io.h>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <regex>
+#include <set>
+#include <unordered_map>
+
+namespace hrmclara {
+
+namespace {
+
+using OrderedJson = nlohmann::ordered_json;
+
+struct DtypeEntry {
+  c10::ScalarType type;
+  const char* name;         // ckpt_inspect's name
+  const char* safetensors;  // safetensors' dtype string
+  const char* npy;          // numpy descr without byte-order character
+};
+
+const std::vector<DtypeEntry>& dtype_table() {
+  static const std::vector<DtypeEntry> table = {
+      {c10::kFloat, "float32", "F32", "f4"},     {c10::kDouble, "float64", "F64", "f8"},
+      {c10::kBFloat16, "bfloat16", "BF16", ""},  {c10::kHalf, "float16", "F16", "f2"},
+      {c10::kLong, "int64", "I64", "i8"},        {c10::kInt, "int32", "I32", "i4"},
+      {c10::kShort, "int16", "I16", "i2"},       {c10::kChar, "int8", "I8", "i1"},
+      {c10::kByte, "uint8", "U8", "u1"},         {c10::kBool, "bool", "BOOL", "b1"},
+      {c10::kFloat8_e4m3fn, "float8_e4m3fn", "F8_E4M3", ""},
+      {c10::kFloat8_e5m2, "float8_e5m2", "F8_E5M2", ""},
+  };
+  return table;
+}
+
+const DtypeEntry* find_dtype(c10::ScalarType type) {
+  for (const auto& e : dtype_table())
+    if (e.type == type) return &e;
+  return nullptr;
+}
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+// numel * element size, refusing shapes whose byte count would overflow.
+uint64_t checked_nbytes(const std::vector<int64_t>& shape, size_t elem, const std::string& where) {
+  uint64_t n = elem;
+  for (int64_t d : shape) {
+    if (d < 0) throw FormatError(where + ": negative dimension in shape " + shape_text(shape));
+    if (d != 0 && n > UINT64_MAX / static_cast<uint64_t>(d)) throw FormatError(where + ": shape " + shape_text(shape) + " overflows");
+    n *= static_cast<uint64_t>(d);
+  }
+  return n;
+}
+
+at::Tensor contiguous_cpu(const at::Tensor& t) { return t.detach().to(at::kCPU).contiguous(); }
+
+}  // namespace
+
+std::string dtype_name(c10::ScalarType type) {
+  if (const auto* e = find_dtype(type)) return e->name;
+  throw FormatError(std::string("unsupported dtype ") + c10::toString(type));
+}
+
+c10::ScalarType dtype_from_name(const std::string& name) {
+  for (const auto& e : dtype_table())
+    if (name == e.name) return e.type;
+  throw UsageError("unknown dtype '" + name + "'");
+}
+
+// ---- safetensors ---------------------------------------------------------------------------
+
+NamedTensors read_safetensors(const std::string& path, std::map<std::string, std::string>* metadata) {
+  auto file = std::make_shared<MappedFile>(path);
+  const uint64_t size = file->size();
+  if (size < 8) throw FormatError(path + ": not a safetensors file (" + std::to_string(size) + " bytes)");
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(file->data()[i]);
+  if (header_len == 0 || header_len > size - 8 || header_len > (100ull << 20))
+    throw FormatError(path + ": not a safetensors file or truncated (header length " + std::to_string(header_len) +
+                      ", file " + std::to_string(size) + " bytes)");
+  OrderedJson header;
+  try {
+    header = OrderedJson::parse(file->data() + 8, file->data() + 8 + header_len);
+  } catch (const OrderedJson::parse_error&) {
+    throw FormatError(path + ": safetensors header is not valid JSON");
+  }
+  if (!header.is_object()) throw FormatError(path + ": safetensors header is not a JSON object");
+  const uint64_t data_start = 8 + header_len, data_len = size - data_start;
+
+  struct Entry {
+    std::string name;
+    c10::ScalarType type;
+    std::vector<int64_t> shape;
+    uint64_t begin, end;
+  };
+  std::vector<Entry> entries;
+  for (const auto& [name, info] : header.items()) {
+    if (name == "__metadata__") {
+      if (metadata && info.is_object())
+        for (const auto& [k, v] : info.items()) (*metadata)[k] = v.is_string() ? v.get<std::string>() : v.dump();
+      continue;
+    }
+    const std::string where = path + ": tensor '" + name + "'";
+    try {
+      const std::string dt = info.at("dtype").get<std::string>();
+      const DtypeEntry* entry = nullptr;
+      for (const auto& e : dtype_table())
+        if (dt == e.safetensors) entry = &e;
+      if (!entry) throw FormatError(where + ": unsupported dtype " + dt);
+      Entry e{name, entry->type, info.at("shape").get<std::vector<int64_t>>(), 0, 0};
+      const auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
+      if (offsets.size() != 2 || offsets[1] < offsets[0]) throw FormatError(where + ": bad data_offsets");
+      e.begin = offsets[0];
+      e.end = offsets[1];
+      const uint64_t nbytes = checked_nbytes(e.shape, c10::elementSize(e.type), where);
+      if (e.end - e.begin != nbytes)
+        throw FormatError(where + ": " + std::to_string(e.end - e.begin) + " bytes for shape " + shape_text(e.shape) +
+                          " of " + dt);
+      if (e.end > data_len)
+        throw FormatError(where + ": data ends at byte " + std::to_string(data_start + e.end) + " but the file has " +
+                          std::to_string(size) + " (truncated?)");
+      entries.push_back(std::move(e));
+    } catch (const nlohmann::json::exception&) {
+      throw FormatError(where + ": malformed header entry");
+    }
+  }
+  std::stable_sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
+
+  NamedTensors out;
+  out.reserve(entries.size());
+  for (const auto& e : entries) {
+    char* ptr = file->data() + data_start + e.begin;
+    const auto options = at::TensorOptions().dtype(e.type);
+    const size_t elem = c10::elementSize(e.type);
+    at::Tensor t;
+    if (reinterpret_cast<uintptr_t>(ptr) % elem == 0) {
+      // Zero-copy: the tensor keeps the (copy-on-write) mapping alive.
+      t = at::from_blob(ptr, e.shape, [file](void*) {}, options);
+    } else {
+      t = at::empty(e.shape, options);
+      if (e.end > e.begin) std::memcpy(t.data_ptr(), ptr, e.end - e.begin);
+    }
+    out.emplace_back(e.name, t);
+  }
+  return out;
+}
+
+NamedTensors read_safetensors_index(const std::string& index_path) {
+  OrderedJson index;
+  try {
+    index = OrderedJson::parse(read_file(index_path));
+  } catch (const OrderedJson::parse_error&) {
+    throw FormatError(index_path + ": malformed JSON");
+  }
+  if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+    throw FormatError(index_path + ": no weight_map object (not a safetensors index)");
+  const auto slash = index_path.rfind('/');
+  const std::string dir = slash == std::string::npos ? "." : index_path.substr(0, slash);
+
+  std::vector<std::string> shard_order;
+  std::unordered_map<std::string, std::string> shard_of;
+  for (const auto& [name, shard] : index["weight_map"].items()) {
+    if (!shard.is_string()) throw FormatError(index_path + ": weight_map['" + name + "'] is not a file name");
+    const std::string file = shard.get<std::string>();
+    if (file.find('/') != std::string::npos || file == ".." )
+      throw FormatError(index_path + ": weight_map['" + name + "'] names a path outside the index's folder");
+    if (std::find(shard_order.begin(), shard_order.end(), file) == shard_order.end()) shard_order.push_back(file);
+    shard_of[name] = file;
+  }
+  std::unordered_map<std::string, at::Tensor> found;
+  for (const auto& shard : shard_order) {
+    for (auto& [name, t] : read_safetensors(dir + "/" + shard)) {
+      auto it = shard_of.find(name);
+      if (it != shard_of.end() && it->second == shard) found[name] = t;
+    }
+  }
+  NamedTensors out;
+  for (const auto& [name, shard] : index["weight_map"].items()) {
+    auto it = found.find(name);
+    if (it == found.end())
+      throw FormatError(index_path + ": tensor '" + name + "' is not in shard " + shard.get<std::string>());
+    out.emplace_back(name, it->second);
+  }
+  return out;
+}
+
+void write_safetensors(const std::string& path, const NamedTensors& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  OrderedJson header = OrderedJson::object();
+  if (!metadata.empty()) {
+    OrderedJson meta = OrderedJson::object();
+    for (const auto& [k, v] : metadata) meta[k] = v;
+    header["__metadata__"] = meta;
+  }
+  std::vector<at::Tensor> data;
+  std::set<std::string> seen;
+  uint64_t offset = 0;
+  for (const auto& [name, tensor] : tensors) {
+    if (!seen.insert(name).second) throw UsageError(path + ": duplicate tensor name '" + name + "'");
+    const auto* entry = find_dtype(tensor.scalar_type());
+    if (!entry) throw FormatError(path + ": tensor '" + name + "' has unsupported dtype " + c10::toString(tensor.scalar_type()));
+    at::Tensor t = contiguous_cpu(tensor);
+    const uint64_t nbytes = t.numel() * t.element_size();
+    header[name] = {{"dtype", entry->safetensors}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + nbytes}}};
+    offset += nbytes;
+    data.push_back(t);
+  }
+  std::string head = header.dump();
+  head.append((8 - head.size() % 8) % 8, ' ');  // data starts 8-byte aligned
+  write_atomically(path, [&](const std::string& tmp) {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw IoError(path + ": cannot write");
+    const uint64_t n = head.size();
+    char len[8];
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+    out.write(len, 8);
+    out.write(head.data(), static_cast<std::streamsize>(head.size()));
+    for (const auto& t : data) out.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * t.element_size()));
+    out.close();
+    if (!out) throw IoError(path + ": write failed");
+  });
+}
+
+// ---- numpy .npy ----------------------------------------------------------------------------
+
+at::Tensor read_npy(const std::string& path) {
+  MappedFile file(path);
+  const char* d = file.data();
+  const uint64_t size = file.size();
+  if (size < 10 || std::memcmp(d, "\x93NUMPY", 6) != 0) throw FormatError(path + ": not a .npy file (bad magic)");
+  const int major = static_cast<unsigned char>(d[6]);
+  uint64_t header_len = 0, header_start = 0;
+  if (major == 1) {
+    header_len = static_cast<unsigned char>(d[8]) | (static_cast<unsigned char>(d[9]) << 8);
+    header_start = 10;
+  } else if (major == 2 || major == 3) {
+    if (size < 12) throw FormatError(path + ": truncated .npy header");
+    for (int i = 11; i >= 8; --i) header_len = (header_len << 8) | static_cast<unsigned char>(d[i]);
+    header_start = 12;
+  } else {
+    throw FormatError(path + ": unsupported .npy version " + std::to_string(major));
+  }
+  if (header_start + header_len > size) throw FormatError(path + ": truncated .npy header");
+  const std::string header(d + header_start, header_len);
+
+  static const std::regex descr_re(R"('descr'\s*:\s*'([<>|=])([a-zA-Z])(\d+)')");
+  static const std::regex fortran_re(R"('fortran_order'\s*:\s*(True|False))");
+  static const std::regex shape_re(R"('shape'\s*:\s*\(([^)]*)\))");
+  std::smatch m;
+  if (!std::regex_search(header, m, descr_re)) throw FormatError(path + ": .npy header has no supported 'descr' (" + header + ")");
+  const std::string order = m[1], kind = m[2], bytes = m[3];
+  if (order == ">" && bytes != "1") throw FormatError(path + ": big-endian .npy data is not supported");
+  const std::string code = kind + bytes;
+  c10::ScalarType type = c10::kFloat;
+  bool known = false;
+  for (const auto& e : dtype_table())
+    if (*e.npy && code == e.npy) {
+      type = e.type;
+      known = true;
+    }
+  if (!known) throw FormatError(path + ": unsupported .npy dtype '" + order + code + "'");
+  if (!std::regex_search(header, m, fortran_re)) throw FormatError(path + ": .npy header lacks 'fortran_order'");
+  if (m[1] == "True") throw FormatError(path + ": Fortran-order .npy arrays are not supported (save with C order)");
+  if (!std::regex_search(header, m, shape_re)) throw FormatError(path + ": .npy header lacks 'shape'");
+  std::vector<int64_t> shape;
+  const std::string dims = m[1];
+  static const std::regex int_re(R"(\d+)");
+  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), int_re); it != std::sregex_iterator(); ++it)
+    shape.push_back(std::stoll(it->str()));
+  const uint64_t nbytes = checked_nbytes(shape, c10::elementSize(type), path);
+  const uint64_t data_start = header_start + header_len;
+  if (size - data_start < nbytes)
+    throw FormatError(path + ": truncated .npy data (" + std::to_string(size - data_start) + " of " + std::to_string(nbytes) + " bytes)");
+  at::Tensor t = at::empty(shape, at::TensorOptions().dtype(type));
+  if (nbytes) std::memcpy(t.data_ptr(), d + data_start, nbytes);
+  if (type == c10::kBool && t.numel() > 0) {
+    // numpy bools are bytes 0/1; anything else is corruption that torch would misread.
+    if (at::gt(t.view(c10::kByte), 1).any().item<bool>()) throw FormatError(path + ": bool array holds values other than 0/1");
+  }
+  return t;
+}
+
+void write_npy(const std::string& path, const at::Tensor& tensor) {
+  const auto* entry = find_dtype(tensor.scalar_type());
+  if (!entry || !*entry->npy) throw FormatError(path + ": dtype " + std::string(c10::toString(tensor.scalar_type())) + " has no .npy form");
+  at::Tensor t = contiguous_cpu(tensor);
+  // Python's tuple spelling: (), (3,), (3, 4).
+  std::string shape = "(";
+  for (int64_t i = 0; i < t.dim(); ++i) shape += (i ? ", " : "") + std::to_string(t.size(i));
+  if (t.dim() == 1) shape += ",";
+  shape += ")";
+  const char order = (std::string(entry->npy).back() == '1') ? '|' : '<';
+  std::string header = std::string("{'descr': '") + order + entry->npy + "', 'fortran_order': False, 'shape': " + shape + ", }";
+  const size_t unpadded = 10 + header.size() + 1;
+  header.append((64 - unpadded % 64) % 64, ' ');
+  header.push_back('\n');
+  std::string bytes("\x93NUMPY\x01\x00", 8);
+  bytes.push_back(static_cast<char>(header.size() & 0xff));
+  bytes.push_back(static_cast<char>((header.size() >> 8) & 0xff));
+  bytes += header;
+  bytes.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
+  write_file_atomically(path, bytes);
+}
+
+}  // namespace hrmclara

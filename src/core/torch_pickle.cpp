@@ -1,0 +1,455 @@
+// Reader for Python's torch.save zip format. LibTorch's own torch::pickle_load rejects
+// OrderedDicts and single-key dicts (what upstream checkpoints are), so this is a small
+// unpickler of our own over LibTorch's zip reader: it understands the opcodes pickle protocols
+// 2-5 use for containers, numbers and strings, torch's tensor rebuild functions and typed
+// storages, and treats any other object as an opaque leaf.
+#include <hrmclara/cli.h>
+#include <hrmclara/errors.h>
+#include <hrmclara/files.h>
+#include <hrmclara/tensor_io.h>
+
+#include <ATen/ATen.h>
+#include <caffe2/serialize/inline_container.h>
+
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <unordered_map>
+
+namespace hrmclara {
+
+namespace {
+
+struct Value;
+using ValuePtr = std::shared_ptr<Value>;
+
+struct Value {
+  enum class Kind { kNone, kBool, kInt, kFloat, kString, kBytes, kTuple, kList, kDict, kTensor, kGlobal, kStorage, kObject };
+  Kind kind = Kind::kNone;
+  bool boolean = false;
+  int64_t integer = 0;
+  double real = 0;
+  std::string text;  // string, bytes, global "module.name", object's class name
+  std::vector<ValuePtr> items;
+  std::vector<std::pair<ValuePtr, ValuePtr>> entries;
+  at::Tensor tensor;  // tensors; storages as a flat 1-D tensor of their dtype
+};
+
+ValuePtr make(Value::Kind kind) {
+  auto v = std::make_shared<Value>();
+  v->kind = kind;
+  return v;
+}
+
+// Legacy typed-storage class names (torch.FloatStorage, ...) as torch.save still writes them.
+bool storage_dtype(const std::string& name, c10::ScalarType* type) {
+  static const std::unordered_map<std::string, c10::ScalarType> table = {
+      {"torch.FloatStorage", c10::kFloat},       {"torch.DoubleStorage", c10::kDouble},
+      {"torch.HalfStorage", c10::kHalf},         {"torch.BFloat16Storage", c10::kBFloat16},
+      {"torch.LongStorage", c10::kLong},         {"torch.IntStorage", c10::kInt},
+      {"torch.ShortStorage", c10::kShort},       {"torch.CharStorage", c10::kChar},
+      {"torch.ByteStorage", c10::kByte},         {"torch.BoolStorage", c10::kBool},
+      {"torch.ComplexFloatStorage", c10::kComplexFloat}, {"torch.ComplexDoubleStorage", c10::kComplexDouble},
+      {"torch.UntypedStorage", c10::kByte},      {"torch.Float8_e4m3fnStorage", c10::kFloat8_e4m3fn},
+      {"torch.Float8_e5m2Storage", c10::kFloat8_e5m2},
+  };
+  auto it = table.find(name);
+  if (it == table.end()) return false;
+  *type = it->second;
+  return true;
+}
+
+class Unpickler {
+ public:
+  Unpickler(std::string path, const std::string& pickle, caffe2::serialize::PyTorchStreamReader& zip)
+      : path_(std::move(path)), data_(pickle), zip_(zip) {}
+
+  ValuePtr load() {
+    while (true) {
+      const uint8_t op = byte();
+      switch (op) {
+        case 0x80: byte(); break;             // PROTO
+        case 0x95: bytes(8); break;           // FRAME (length is advisory)
+        case '.': {                           // STOP
+          if (stack_.size() != 1) fail("bad stack at STOP");
+          return stack_.back();
+        }
+        case '(': marks_.push_back(stack_.size()); break;  // MARK
+        case 'N': push(make(Value::Kind::kNone)); break;
+        case 0x88: push_bool(true); break;    // NEWTRUE
+        case 0x89: push_bool(false); break;   // NEWFALSE
+        case 'J': push_int(static_cast<int32_t>(le(4))); break;  // BININT
+        case 'K': push_int(static_cast<int64_t>(le(1))); break;  // BININT1
+        case 'M': push_int(static_cast<int64_t>(le(2))); break;  // BININT2
+        case 0x8a: push_int(long_int(le(1))); break;             // LONG1
+        case 0x8b: push_int(long_int(le(4))); break;             // LONG4
+        case 'G': {                                              // BINFLOAT, big-endian double
+          uint64_t bits = 0;
+          for (int i = 0; i < 8; ++i) bits = (bits << 8) | byte();
+          auto v = make(Value::Kind::kFloat);
+          std::memcpy(&v->real, &bits, 8);
+          push(v);
+          break;
+        }
+        case 'X': push_string(Value::Kind::kString, le(4)); break;    // BINUNICODE
+        case 0x8c: push_string(Value::Kind::kString, le(1)); break;   // SHORT_BINUNICODE
+        case 0x8d: push_string(Value::Kind::kString, le(8)); break;   // BINUNICODE8
+        case 'T': push_string(Value::Kind::kString, le(4)); break;    // BINSTRING (py2)
+        case 'U': push_string(Value::Kind::kString, le(1)); break;    // SHORT_BINSTRING (py2)
+        case 'B': push_string(Value::Kind::kBytes, le(4)); break;     // BINBYTES
+        case 'C': push_string(Value::Kind::kBytes, le(1)); break;     // SHORT_BINBYTES
+        case 0x8e: push_string(Value::Kind::kBytes, le(8)); break;    // BINBYTES8
+        case ')': push(make(Value::Kind::kTuple)); break;             // EMPTY_TUPLE
+        case ']': push(make(Value::Kind::kList)); break;              // EMPTY_LIST
+        case '}': push(make(Value::Kind::kDict)); break;              // EMPTY_DICT
+        case 't': {                                                   // TUPLE
+          auto v = make(Value::Kind::kTuple);
+          v->items = pop_mark();
+          push(v);
+          break;
+        }
+        case 0x85: case 0x86: case 0x87: {  // TUPLE1..3
+          const size_t n = op - 0x84;
+          auto v = make(Value::Kind::kTuple);
+          v->items = pop_n(n);
+          push(v);
+          break;
+        }
+        case 'l': {  // LIST
+          auto v = make(Value::Kind::kList);
+          v->items = pop_mark();
+          push(v);
+          break;
+        }
+        case 'a': {  // APPEND
+          auto item = pop();
+          list_target("APPEND")->items.push_back(item);
+          break;
+        }
+        case 'e': {  // APPENDS
+          auto items = pop_mark();
+          auto& target = list_target("APPENDS")->items;
+          target.insert(target.end(), items.begin(), items.end());
+          break;
+        }
+        case 'd': {  // DICT
+          auto v = make(Value::Kind::kDict);
+          set_items(*v, pop_mark());
+          push(v);
+          break;
+        }
+        case 's': {  // SETITEM
+          auto value = pop(), key = pop();
+          dict_target("SETITEM")->entries.emplace_back(key, value);
+          break;
+        }
+        case 'u': {  // SETITEMS
+          auto items = pop_mark();
+          set_items(*dict_target("SETITEMS"), items);
+          break;
+        }
+        case 'q': memo_[le(1)] = top(); break;   // BINPUT
+        case 'r': memo_[le(4)] = top(); break;   // LONG_BINPUT
+        case 0x94: memo_[memo_.size()] = top(); break;  // MEMOIZE
+        case 'h': push(memo(le(1))); break;      // BINGET
+        case 'j': push(memo(le(4))); break;      // LONG_BINGET
+        case 'c': {                              // GLOBAL "module\nname\n"
+          std::string module = line(), name = line();
+          push_global(module + "." + name);
+          break;
+        }
+        case 0x93: {  // STACK_GLOBAL
+          auto name = pop(), module = pop();
+          push_global(module->text + "." + name->text);
+          break;
+        }
+        case 'Q': {  // BINPERSID
+          push(persistent_load(pop()));
+          break;
+        }
+        case 'R': {  // REDUCE
+          auto args = pop(), callable = pop();
+          push(reduce(callable, args));
+          break;
+        }
+        case 0x81: {  // NEWOBJ cls.__new__(cls, *args)
+          auto args = pop(), cls = pop();
+          auto v = make(Value::Kind::kObject);
+          v->text = cls->text;
+          push(v);
+          break;
+        }
+        case 'b': {  // BUILD: object state (e.g. OrderedDict._metadata); not needed for tensors
+          pop();
+          if (stack_.empty()) fail("BUILD on an empty stack");
+          break;
+        }
+        case '0': pop(); break;  // POP
+        case '2': push(top()); break;  // DUP
+        case '1': pop_mark(); break;   // POP_MARK
+        default: {
+          char hex[8];
+          std::snprintf(hex, sizeof(hex), "0x%02x", op);
+          fail(std::string("unsupported pickle opcode ") + hex);
+        }
+      }
+    }
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) const {
+    throw FormatError(path_ + ": data.pkl at byte " + std::to_string(pos_) + ": " + what);
+  }
+  uint8_t byte() {
+    if (pos_ >= data_.size()) fail("unexpected end of pickle");
+    return static_cast<uint8_t>(data_[pos_++]);
+  }
+  std::string bytes(uint64_t n) {
+    if (n > data_.size() - pos_) fail("unexpected end of pickle");
+    std::string out = data_.substr(pos_, n);
+    pos_ += n;
+    return out;
+  }
+  uint64_t le(int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; ++i) v |= static_cast<uint64_t>(byte()) << (8 * i);
+    return v;
+  }
+  // Two's-complement little-endian integer of n bytes.
+  int64_t long_int(uint64_t n) {
+    if (n > 8) fail("integer wider than 64 bits");
+    uint64_t v = 0;
+    for (uint64_t i = 0; i < n; ++i) v |= static_cast<uint64_t>(byte()) << (8 * i);
+    if (n > 0 && n < 8 && (v >> (8 * n - 1)) & 1) v |= ~0ull << (8 * n);
+    return static_cast<int64_t>(v);
+  }
+  std::string line() {
+    auto end = data_.find('\n', pos_);
+    if (end == std::string::npos) fail("unterminated GLOBAL");
+    std::string out = data_.substr(pos_, end - pos_);
+    pos_ = end + 1;
+    return out;
+  }
+  void push(ValuePtr v) { stack_.push_back(std::move(v)); }
+  void push_bool(bool b) {
+    auto v = make(Value::Kind::kBool);
+    v->boolean = b;
+    push(v);
+  }
+  void push_int(int64_t i) {
+    auto v = make(Value::Kind::kInt);
+    v->integer = i;
+    push(v);
+  }
+  void push_string(Value::Kind kind, uint64_t n) {
+    auto v = make(kind);
+    v->text = bytes(n);
+    push(v);
+  }
+  void push_global(const std::string& name) {
+    auto v = make(Value::Kind::kGlobal);
+    v->text = name;
+    push(v);
+  }
+  ValuePtr pop() {
+    if (stack_.empty() || (!marks_.empty() && stack_.size() <= marks_.back())) fail("stack underflow");
+    auto v = stack_.back();
+    stack_.pop_back();
+    return v;
+  }
+  ValuePtr top() {
+    if (stack_.empty()) fail("stack underflow");
+    return stack_.back();
+  }
+  std::vector<ValuePtr> pop_n(size_t n) {
+    if (stack_.size() < n) fail("stack underflow");
+    std::vector<ValuePtr> out(stack_.end() - static_cast<std::ptrdiff_t>(n), stack_.end());
+    stack_.resize(stack_.size() - n);
+    return out;
+  }
+  std::vector<ValuePtr> pop_mark() {
+    if (marks_.empty()) fail("no MARK");
+    const size_t m = marks_.back();
+    marks_.pop_back();
+    if (m > stack_.size()) fail("bad MARK");
+    std::vector<ValuePtr> out(stack_.begin() + static_cast<std::ptrdiff_t>(m), stack_.end());
+    stack_.resize(m);
+    return out;
+  }
+  ValuePtr memo(uint64_t key) {
+    auto it = memo_.find(key);
+    if (it == memo_.end()) fail("memo key " + std::to_string(key) + " not found");
+    return it->second;
+  }
+  Value* list_target(const char* op) {
+    auto t = top();
+    if (t->kind != Value::Kind::kList) fail(std::string(op) + " on a non-list");
+    return t.get();
+  }
+  Value* dict_target(const char* op) {
+    auto t = top();
+    if (t->kind != Value::Kind::kDict) fail(std::string(op) + " on a non-dict");
+    return t.get();
+  }
+  void set_items(Value& dict, const std::vector<ValuePtr>& items) {
+    if (items.size() % 2) fail("odd number of dict items");
+    for (size_t i = 0; i < items.size(); i += 2) dict.entries.emplace_back(items[i], items[i + 1]);
+  }
+
+  std::vector<int64_t> int_tuple(const ValuePtr& v, const char* what) {
+    if (v->kind != Value::Kind::kTuple && v->kind != Value::Kind::kList) fail(std::string(what) + " is not a tuple");
+    std::vector<int64_t> out;
+    for (const auto& item : v->items) {
+      if (item->kind != Value::Kind::kInt) fail(std::string(what) + " holds a non-integer");
+      out.push_back(item->integer);
+    }
+    return out;
+  }
+
+  // ('storage', storage_type, key, location, numel): the tensor data lives in the zip record
+  // data/<key>; every view of one storage shares it.
+  ValuePtr persistent_load(const ValuePtr& pid) {
+    if (pid->kind != Value::Kind::kTuple || pid->items.size() < 5 || pid->items[0]->text != "storage")
+      fail("unsupported persistent id");
+    const auto& type_v = pid->items[1];
+    const std::string key = pid->items[2]->text;
+    const int64_t numel = pid->items[4]->integer;
+    c10::ScalarType type;
+    if (type_v->kind != Value::Kind::kGlobal || !storage_dtype(type_v->text, &type))
+      fail("unsupported storage type " + type_v->text);
+    auto cached = storages_.find(key);
+    if (cached != storages_.end()) return cached->second;
+    const std::string record = "data/" + key;
+    if (!zip_.hasRecord(record)) fail("storage record " + record + " is missing from the archive");
+    at::DataPtr data;
+    size_t size = 0;
+    try {
+      std::tie(data, size) = zip_.getRecord(record);
+    } catch (const std::exception& e) {
+      throw FormatError(path_ + ": cannot read " + record + ": " + first_line(e.what()));
+    }
+    const uint64_t expected = static_cast<uint64_t>(numel) * c10::elementSize(type);
+    if (numel < 0 || size < expected)
+      fail("storage " + key + " has " + std::to_string(size) + " bytes, expected " + std::to_string(expected));
+    // The tensor takes over the record's buffer instead of copying it.
+    auto holder = std::make_shared<at::DataPtr>(std::move(data));
+    at::Tensor flat = at::from_blob(holder->get(), {numel}, [holder](void*) {}, at::TensorOptions().dtype(type));
+    auto v = make(Value::Kind::kStorage);
+    v->tensor = flat;
+    storages_[key] = v;
+    return v;
+  }
+
+  ValuePtr rebuild_tensor(const std::vector<ValuePtr>& a) {
+    if (a.size() < 4 || a[0]->kind != Value::Kind::kStorage || a[1]->kind != Value::Kind::kInt)
+      fail("malformed tensor record");
+    const at::Tensor& storage = a[0]->tensor;
+    const int64_t offset = a[1]->integer;
+    const auto size = int_tuple(a[2], "tensor size"), stride = int_tuple(a[3], "tensor stride");
+    if (size.size() != stride.size()) fail("tensor size and stride differ in rank");
+    // The furthest element the view touches must lie inside the storage.
+    int64_t last = offset;
+    bool empty = false;
+    for (size_t i = 0; i < size.size(); ++i) {
+      if (size[i] < 0 || stride[i] < 0) fail("negative tensor size or stride");
+      if (size[i] == 0) empty = true;
+      else last += (size[i] - 1) * stride[i];
+    }
+    if (offset < 0 || (!empty && last >= storage.numel()))
+      fail("tensor view exceeds its storage (" + std::to_string(storage.numel()) + " elements)");
+    auto v = make(Value::Kind::kTensor);
+    v->tensor = empty ? at::empty(size, storage.options()) : storage.as_strided(size, stride, offset);
+    return v;
+  }
+
+  ValuePtr reduce(const ValuePtr& callable, const ValuePtr& args) {
+    if (callable->kind != Value::Kind::kGlobal) fail("REDUCE of a non-global");
+    const std::string& name = callable->text;
+    const auto& a = args->items;
+    if (name == "collections.OrderedDict" || name == "builtins.dict") return make(Value::Kind::kDict);
+    if (name == "torch._utils._rebuild_tensor_v2" || name == "torch._utils._rebuild_tensor") return rebuild_tensor(a);
+    if (name == "torch._utils._rebuild_parameter" || name == "torch._utils._rebuild_parameter_with_state") {
+      if (a.empty() || a[0]->kind != Value::Kind::kTensor) fail("malformed parameter record");
+      return a[0];
+    }
+    if (name == "torch.Size" || name == "builtins.tuple") {
+      auto v = make(Value::Kind::kTuple);
+      if (!a.empty()) v->items = a[0]->items;
+      return v;
+    }
+    if (name.rfind("torch._utils._rebuild_", 0) == 0 || name == "torch._tensor._rebuild_from_type_v2")
+      fail("unsupported tensor kind " + name + " (sparse, quantized and subclass tensors are not read)");
+    auto v = make(Value::Kind::kObject);  // anything else: an opaque leaf
+    v->text = name;
+    return v;
+  }
+
+  std::string path_;
+  const std::string& data_;
+  caffe2::serialize::PyTorchStreamReader& zip_;
+  size_t pos_ = 0;
+  std::vector<ValuePtr> stack_;
+  std::vector<size_t> marks_;
+  std::unordered_map<uint64_t, ValuePtr> memo_;
+  std::unordered_map<std::string, ValuePtr> storages_;
+};
+
+std::string key_text(const Value& key) {
+  switch (key.kind) {
+    case Value::Kind::kString: return key.text;
+    case Value::Kind::kInt: return std::to_string(key.integer);
+    case Value::Kind::kBool: return key.boolean ? "True" : "False";
+    default: return "?";
+  }
+}
+
+void flatten(const ValuePtr& v, const std::string& prefix, NamedTensors& out) {
+  auto child = [&](const std::string& k) { return prefix.empty() ? k : prefix + "." + k; };
+  switch (v->kind) {
+    case Value::Kind::kTensor: out.emplace_back(prefix.empty() ? "tensor" : prefix, v->tensor); break;
+    case Value::Kind::kDict:
+      for (const auto& [k, item] : v->entries) flatten(item, child(key_text(*k)), out);
+      break;
+    case Value::Kind::kList:
+    case Value::Kind::kTuple:
+      for (size_t i = 0; i < v->items.size(); ++i) flatten(v->items[i], child(std::to_string(i)), out);
+      break;
+    default: break;  // numbers, strings, opaque objects: not tensors
+  }
+}
+
+}  // namespace
+
+NamedTensors read_torch_save(const std::string& path) {
+  {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw IoError(path + ": cannot open");
+    char magic[2] = {0, 0};
+    in.read(magic, 2);
+    if (in.gcount() == 2 && static_cast<unsigned char>(magic[0]) == 0x80)
+      throw FormatError(path + ": legacy (non-zip) torch.save format; re-save it with torch >= 1.6");
+  }
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> zip;
+  std::string pickle;
+  try {
+    zip = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+    if (!zip->hasRecord("data.pkl")) throw FormatError(path + ": zip archive without data.pkl (not a torch.save file)");
+    if (zip->hasRecord("byteorder")) {
+      auto [ptr, n] = zip->getRecord("byteorder");
+      if (std::string(static_cast<const char*>(ptr.get()), n) != "little")
+        throw FormatError(path + ": big-endian torch.save files are not supported");
+    }
+    auto [ptr, n] = zip->getRecord("data.pkl");
+    pickle.assign(static_cast<const char*>(ptr.get()), n);
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw FormatError(path + ": not a readable torch.save archive (" + first_line(e.what()) + ")");
+  }
+  Unpickler unpickler(path, pickle, *zip);
+  NamedTensors out;
+  flatten(unpickler.load(), "", out);
+  return out;
+}
+
+}  // namespace hrmclara
