@@ -78,9 +78,9 @@ CheckpointFormat detect_checkpoint_format(const std::string& path, std::string* 
     // A zip: torch.save writes <name>/data.pkl, TorchScript writes <name>/constants.pkl + code/.
     try {
       caffe2::serialize::PyTorchStreamReader zip(target);
+      // TorchScript archives hold a data.pkl too, so look for their constants first.
+      if (zip.hasRecord("constants.pkl")) return CheckpointFormat::kTorchScript;
       if (zip.hasRecord("data.pkl")) return CheckpointFormat::kTorchSave;
-      if (zip.hasRecord("constants.pkl") || zip.hasRecord("data/0") || zip.hasRecord("code/__torch__.py"))
-        return CheckpointFormat::kTorchScript;
     } catch (const std::exception& e) {
       throw FormatError(target + ": corrupt or truncated zip archive (" + first_line(e.what()) + ")");
     }
