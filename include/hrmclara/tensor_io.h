@@ -54,4 +54,9 @@ void write_npy(const std::string& path, const at::Tensor& tensor);
 // '.' (list indices become keys "0", "1", ...).
 NamedTensors read_torch_save(const std::string& path);
 
+// Writes tensors as Python's torch.save writes a state dict: a zip whose data.pkl holds a
+// collections.OrderedDict of name -> tensor (pickle protocol 2, one storage per tensor), so that
+// torch.load(path) -- weights_only=True included -- returns an OrderedDict. Atomic.
+void write_torch_save(const std::string& path, const NamedTensors& tensors);
+
 }  // namespace hrmclara

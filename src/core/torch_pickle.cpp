@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
+#include <hrmclara/files.h>
 
 #include <cstring>
 #include <fstream>
@@ -372,6 +373,11 @@ class Unpickler {
       if (a.empty() || a[0]->kind != Value::Kind::kTensor) fail("malformed parameter record");
       return a[0];
     }
+    // LibTorch's own pickler (torch::pickle_save) wraps typed containers in restore_type_tag(value, type).
+    if (name == "torch.jit._pickle.restore_type_tag") {
+      if (a.empty()) fail("malformed restore_type_tag");
+      return a[0];
+    }
     if (name == "torch.Size" || name == "builtins.tuple") {
       auto v = make(Value::Kind::kTuple);
       if (!a.empty()) v->items = a[0]->items;
@@ -450,6 +456,127 @@ NamedTensors read_torch_save(const std::string& path) {
   NamedTensors out;
   flatten(unpickler.load(), "", out);
   return out;
+}
+
+namespace {
+
+// The pieces of a protocol-2 pickle that torch.save's state dicts use.
+class PickleWriter {
+ public:
+  PickleWriter() { out_ += "\x80\x02"; }
+  void global(const std::string& module, const std::string& name) { out_ += "c" + module + "\n" + name + "\n"; }
+  void mark() { out_ += '('; }
+  void tuple() { out_ += 't'; }
+  void empty_tuple() { out_ += ')'; }
+  void reduce() { out_ += 'R'; }
+  void setitems() { out_ += 'u'; }
+  void binpersid() { out_ += 'Q'; }
+  void boolean(bool b) { out_ += b ? '\x88' : '\x89'; }
+  void stop() { out_ += '.'; }
+  void string(const std::string& s) {
+    out_ += 'X';
+    le(s.size(), 4);
+    out_ += s;
+  }
+  void integer(int64_t v) {
+    if (v >= 0 && v < 256) {
+      out_ += 'K';
+      le(static_cast<uint64_t>(v), 1);
+    } else if (v >= 0 && v < 65536) {
+      out_ += 'M';
+      le(static_cast<uint64_t>(v), 2);
+    } else if (v >= INT32_MIN && v <= INT32_MAX) {
+      out_ += 'J';
+      le(static_cast<uint32_t>(static_cast<int32_t>(v)), 4);
+    } else {
+      out_ += '\x8a';
+      le(8, 1);
+      le(static_cast<uint64_t>(v), 8);
+    }
+  }
+  const std::string& bytes() const { return out_; }
+
+ private:
+  void le(uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) out_ += static_cast<char>((v >> (8 * i)) & 0xff);
+  }
+  std::string out_;
+};
+
+const char* storage_class(c10::ScalarType type) {
+  switch (type) {
+    case c10::kFloat: return "FloatStorage";
+    case c10::kDouble: return "DoubleStorage";
+    case c10::kHalf: return "HalfStorage";
+    case c10::kBFloat16: return "BFloat16Storage";
+    case c10::kLong: return "LongStorage";
+    case c10::kInt: return "IntStorage";
+    case c10::kShort: return "ShortStorage";
+    case c10::kChar: return "CharStorage";
+    case c10::kByte: return "ByteStorage";
+    case c10::kBool: return "BoolStorage";
+    default: return nullptr;
+  }
+}
+
+}  // namespace
+
+void write_torch_save(const std::string& path, const NamedTensors& tensors) {
+  PickleWriter pk;
+  pk.global("collections", "OrderedDict");
+  pk.empty_tuple();
+  pk.reduce();
+  pk.mark();
+  std::vector<at::Tensor> storages;
+  for (const auto& [name, tensor] : tensors) {
+    const char* cls = storage_class(tensor.scalar_type());
+    if (!cls) throw FormatError(path + ": tensor '" + name + "' has a dtype torch.save files cannot hold here");
+    at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
+    pk.string(name);
+    pk.global("torch._utils", "_rebuild_tensor_v2");
+    pk.mark();
+    {
+      pk.mark();  // persistent id ('storage', torch.<Type>Storage, key, 'cpu', numel)
+      pk.string("storage");
+      pk.global("torch", cls);
+      pk.string(std::to_string(storages.size()));
+      pk.string("cpu");
+      pk.integer(t.numel());
+      pk.tuple();
+      pk.binpersid();
+      pk.integer(0);  // storage offset
+      pk.mark();
+      for (int64_t d : t.sizes()) pk.integer(d);
+      pk.tuple();
+      pk.mark();
+      for (int64_t s : t.strides()) pk.integer(s);
+      pk.tuple();
+      pk.boolean(false);  // requires_grad
+      pk.global("collections", "OrderedDict");  // backward hooks
+      pk.empty_tuple();
+      pk.reduce();
+    }
+    pk.tuple();
+    pk.reduce();
+    storages.push_back(t);
+  }
+  pk.setitems();
+  pk.stop();
+  write_atomically(path, [&](const std::string& tmp) {
+    try {
+      caffe2::serialize::PyTorchStreamWriter writer(tmp);
+      writer.writeRecord("data.pkl", pk.bytes().data(), pk.bytes().size());
+      writer.writeRecord("byteorder", "little", 6);
+      for (size_t i = 0; i < storages.size(); ++i)
+        writer.writeRecord("data/" + std::to_string(i), storages[i].data_ptr(),
+                           static_cast<size_t>(storages[i].numel()) * storages[i].element_size());
+      writer.writeEndOfFile();
+    } catch (const Error&) {
+      throw;
+    } catch (const std::exception& e) {
+      throw IoError(path + ": cannot write (" + first_line(e.what()) + ")");
+    }
+  });
 }
 
 }  // namespace hrmclara

@@ -93,6 +93,27 @@ TEST(TorchSave, UpstreamCheckpointListsAsTorchLoad) {
   expect_matches_listing(read_torch_save(fixture("hrm-reference/step_0")), "step_0");
 }
 
+TEST(TorchSave, WriterRoundTripsEveryDtypeAndPythonLoadsIt) {
+  ScratchDir dir;
+  NamedTensors in = read_torch_save(fixture("io/dtypes.pt"));
+  in.emplace_back("view", torch::arange(12, torch::kFloat).view({3, 4}).t());
+  in.emplace_back("big", torch::full({70000}, 2.5));
+  write_torch_save(dir / "out.pt", in);
+  const auto out = read_torch_save(dir / "out.pt");
+  ASSERT_EQ(out.size(), in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    EXPECT_EQ(out[i].first, in[i].first);
+    EXPECT_TRUE(out[i].second.equal(in[i].second)) << in[i].first;
+  }
+  const std::string python = HRMCLARA_TEST_PYTHON;
+  if (python.empty() || !file_exists(python)) return;
+  const auto r = test::run_command(python + " -c \"import torch; sd = torch.load('" + (dir / "out.pt") +
+                                       "', weights_only=True); print(type(sd).__name__, list(sd)[0], sd['bfloat16'].dtype, sd['view'].shape)\"",
+                                   dir.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "OrderedDict float32 torch.bfloat16 torch.Size([4, 3])\n");
+}
+
 TEST(TorchSave, ViewsShareTheirStorage) {
   auto t = as_map(read_torch_save(fixture("io/views.pt")));
   EXPECT_EQ(t["strided"].strides().vec(), (std::vector<int64_t>{6, 2}));

@@ -1,0 +1,229 @@
+// HRM, the Hierarchical Reasoning Model (sapientinc/HRM, hrm_act_v1): the network with upstream's
+// parameter names, its ACT (adaptive computation time) wrapper, and the ACT loss head.
+//
+// Names: HrmInner's state dict keys equal upstream's after "model.inner." (H_init,
+// H_level.layers.0.self_attn.qkv_proj.weight, puzzle_emb.weights, ...), so upstream checkpoints
+// load after strip_key_prefixes(..., {"model.inner."}).
+#pragma once
+
+#include <hrmclara/config.h>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace hrmclara::hrm {
+
+inline constexpr int64_t kIgnoreLabel = -100;
+
+struct HrmConfig {
+  // Data-dependent fields (upstream injects them from dataset.json and the batch size).
+  int64_t batch_size = 0;
+  int64_t seq_len = 0;
+  int64_t vocab_size = 0;
+  int64_t num_puzzle_identifiers = 1;
+  // Architecture (upstream's arch.* fields).
+  int64_t puzzle_emb_ndim = 0;
+  int64_t H_cycles = 2, L_cycles = 2, H_layers = 4, L_layers = 4;
+  int64_t hidden_size = 512, num_heads = 8;
+  double expansion = 4.0;
+  std::string pos_encodings = "rope";  // rope | learned
+  double rms_norm_eps = 1e-5, rope_theta = 10000.0;
+  int64_t halt_max_steps = 16;
+  double halt_exploration_prob = 0.1;
+  std::string forward_dtype = "bfloat16";  // bfloat16 | float32
+  std::string loss_type = "stablemax_cross_entropy";  // or softmax_cross_entropy
+
+  // Reads upstream's `arch` object (as in all_config.yaml) plus the data fields; unknown arch keys
+  // are rejected by name, missing ones take upstream's defaults. Validates every field.
+  static HrmConfig from_arch_json(const Json& arch, int64_t batch_size, int64_t seq_len, int64_t vocab_size,
+                                  int64_t num_puzzle_identifiers);
+  Json arch_json() const;  // upstream's arch layout
+  void validate() const;   // throws ConfigError naming the field
+
+  int64_t head_dim() const { return hidden_size / num_heads; }
+  int64_t puzzle_emb_len() const { return (puzzle_emb_ndim + hidden_size - 1) / hidden_size; }
+  int64_t intermediate_size() const;  // SwiGLU width with upstream's rounding
+  torch::Dtype dtype() const;
+};
+
+// One batch: int32 tensors inputs [B, S], labels [B, S] (ignore = -100), puzzle_identifiers [B].
+struct Batch {
+  torch::Tensor inputs, labels, puzzle_identifiers;
+  Batch to(const torch::Device& device) const;
+  int64_t size() const { return inputs.size(0); }
+};
+
+// The ACT carry: recurrent states, step counts, halted flags and the example each row works on.
+struct Carry {
+  torch::Tensor z_H, z_L;  // [B, S + P, D] in forward dtype
+  torch::Tensor steps;     // int32 [B]
+  torch::Tensor halted;    // bool [B]
+  Batch current;
+};
+
+struct Outputs {
+  torch::Tensor logits;             // [B, S, V] forward dtype
+  torch::Tensor q_halt_logits;      // f32 [B]
+  torch::Tensor q_continue_logits;  // f32 [B]
+  torch::Tensor target_q_continue;  // f32 [B], training with halt_max_steps > 1 only
+};
+
+class CastedLinearImpl : public torch::nn::Module {
+ public:
+  CastedLinearImpl(int64_t in, int64_t out, bool bias);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight, bias;
+};
+TORCH_MODULE(CastedLinear);
+
+class CastedEmbeddingImpl : public torch::nn::Module {
+ public:
+  CastedEmbeddingImpl(int64_t num, int64_t dim, double init_std);
+  torch::Tensor forward(const torch::Tensor& ids, torch::Dtype dtype);
+  torch::Tensor embedding_weight;
+};
+TORCH_MODULE(CastedEmbedding);
+
+// The sparse puzzle embedding: a persistent buffer `weights` trained by SignSGD, and per-batch
+// rows `local_weights` (not in the state dict) that receive the gradient in training.
+class SparseEmbeddingImpl : public torch::nn::Module {
+ public:
+  SparseEmbeddingImpl(int64_t num, int64_t dim, int64_t batch_size, double init_std);
+  torch::Tensor forward(const torch::Tensor& ids, torch::Dtype dtype);
+  torch::Tensor weights;        // buffer [N, d]
+  torch::Tensor local_weights;  // [B, d], requires grad
+  torch::Tensor local_ids;      // int32 [B]
+  // Re-creates the local rows on the device of `weights` (call after moving the model).
+  void sync_device();
+};
+TORCH_MODULE(SparseEmbedding);
+
+// kExact: softmax(q k^T / sqrt d) v with an f32 softmax, as the reference (the default);
+// kSdpa: LibTorch's scaled_dot_product_attention (a blocked kernel; not bit-compatible).
+enum class AttentionKernel { kExact, kSdpa };
+void set_attention_kernel(AttentionKernel kernel);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(int64_t hidden, int64_t heads);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+  int64_t heads, head_dim;
+  CastedLinear qkv_proj{nullptr}, o_proj{nullptr};
+};
+TORCH_MODULE(Attention);
+
+class SwiGLUImpl : public torch::nn::Module {
+ public:
+  SwiGLUImpl(int64_t hidden, int64_t intermediate);
+  torch::Tensor forward(const torch::Tensor& x);
+  CastedLinear gate_up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(SwiGLU);
+
+class BlockImpl : public torch::nn::Module {
+ public:
+  explicit BlockImpl(const HrmConfig& config);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+  double eps;
+  Attention self_attn{nullptr};
+  SwiGLU mlp{nullptr};
+};
+TORCH_MODULE(Block);
+
+class ReasoningModuleImpl : public torch::nn::Module {
+ public:
+  ReasoningModuleImpl(const HrmConfig& config, int64_t layers);
+  torch::Tensor forward(const torch::Tensor& z, const torch::Tensor& injection, const torch::Tensor& cos,
+                        const torch::Tensor& sin);
+  torch::nn::ModuleList layers;
+};
+TORCH_MODULE(ReasoningModule);
+
+// The network (upstream's HierarchicalReasoningModel_ACTV1_Inner) plus the ACT logic of its wrapper.
+class HrmModelImpl : public torch::nn::Module {
+ public:
+  explicit HrmModelImpl(HrmConfig config);
+
+  const HrmConfig& config() const { return config_; }
+
+  // A carry whose rows are all halted, so the first step takes every row of `batch`.
+  Carry initial_carry(const Batch& batch) const;
+
+  // One ACT step (upstream HierarchicalReasoningModel_ACTV1.forward). In training mode it halts on
+  // q_halt > q_continue with exploration and computes target_q_continue with an extra no-grad pass;
+  // in eval mode every row runs exactly halt_max_steps steps.
+  std::pair<Carry, Outputs> forward(const Carry& carry, const Batch& batch);
+
+  // The inner forward: H_cycles x L_cycles recurrence, gradient through the last L and H step only.
+  // Returns (z_H, z_L, logits, q_halt, q_continue).
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> inner_forward(
+      const torch::Tensor& z_H, const torch::Tensor& z_L, const Batch& batch);
+
+  // Upstream's truncated-normal initialisation (JAX-style), q_head weight 0 / bias -5.
+  void reset_parameters(uint64_t seed);
+
+  // Parameters trained by AdamATan2 (everything but the puzzle embedding and H_init/L_init).
+  std::vector<torch::Tensor> dense_parameters();
+
+  torch::Tensor H_init, L_init;  // buffers [D], forward dtype
+  CastedEmbedding embed_tokens{nullptr};
+  CastedLinear lm_head{nullptr}, q_head{nullptr};
+  SparseEmbedding puzzle_emb{nullptr};
+  CastedEmbedding embed_pos{nullptr};
+  ReasoningModule H_level{nullptr}, L_level{nullptr};
+
+ private:
+  torch::Tensor input_embeddings(const Batch& batch);
+  HrmConfig config_;
+  torch::Tensor cos_, sin_;  // RoPE tables [S + P, head_dim], f32, not in the state dict
+};
+TORCH_MODULE(HrmModel);
+
+// ---- loss head -------------------------------------------------------------------------------
+
+// Per-token stablemax cross entropy in `compute` dtype (float64 where the device has it), 0 where
+// labels == -100. logits [.., V], labels [..] -> [..].
+torch::Tensor stablemax_cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels, torch::Dtype compute);
+torch::Tensor softmax_cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels);
+
+struct LossResult {
+  torch::Tensor loss;  // lm + 0.5 (q_halt + q_continue), with grad
+  std::map<std::string, torch::Tensor> metrics;  // count, accuracy, exact_accuracy, q_halt_accuracy, steps, *_loss
+  bool all_halted = false;
+};
+
+// upstream ACTLossHead: labels are those of the carry's current examples.
+LossResult act_loss(const HrmConfig& config, const Carry& new_carry, const Outputs& outputs);
+
+// ---- checkpoints -----------------------------------------------------------------------------
+
+// Reads an upstream run: all_config.yaml beside the checkpoint (or `config_path`) and dataset.json
+// (beside it, or `dataset_json`, or <data_path>/train/dataset.json). Throws naming the file.
+HrmConfig upstream_config(const std::string& checkpoint_path, const std::string& dataset_json, int64_t batch_size,
+                          Json* full_config = nullptr);
+
+// Our own checkpoint: a directory holding model.pt (a TorchScript-compatible tensor archive, keys
+// as upstream's without prefixes) and config.json ({"arch": ..., "dataset": {seq_len, vocab_size,
+// num_puzzle_identifiers}}). Written atomically.
+void save_hrm_checkpoint(const HrmModelImpl& model, const std::string& dir, const Json& extra = Json::object());
+
+// The config of either kind of checkpoint: ours (config.json in the directory or beside the file)
+// or upstream's (all_config.yaml + dataset.json, see upstream_config).
+HrmConfig checkpoint_config(const std::string& checkpoint_path, const std::string& dataset_json, int64_t batch_size);
+
+// Loads an upstream step_N file (keys with or without "_orig_mod.", "model.inner.") or our own
+// checkpoint into the model, strictly; the puzzle-embedding rows must equal the dataset's
+// identifier count (upstream issue #2).
+void load_hrm_weights(HrmModelImpl& model, const std::string& checkpoint_path);
+
+// Writes the weights as upstream does (torch.save of a dict with keys "model.inner.<name>"), so
+// Python's torch.load + load_state_dict read them.
+void export_upstream_state_dict(const HrmModelImpl& model, const std::string& path);
+
+}  // namespace hrmclara::hrm

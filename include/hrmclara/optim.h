@@ -1,0 +1,61 @@
+// Optimizers of the HRM recipe, on any device, with state that can be saved and restored.
+#pragma once
+
+#include <hrmclara/tensor_io.h>
+
+#include <torch/types.h>
+
+#include <string>
+#include <vector>
+
+namespace hrmclara {
+
+// AdamATan2 exactly as the adam-atan2 package (imoneoi) updates, per element in f32:
+//   p *= 1 - lr*wd;  m = lerp(m, g, 1-b1);  v = lerp(v, g*g, 1-b2);
+//   p -= lr / (1 - b1^t) * atan2(m, sqrt(v) / sqrt(1 - b2^t))
+// No epsilon: atan2 is bounded. Parameters without a gradient are skipped.
+class AdamATan2 {
+ public:
+  struct Options {
+    double lr = 1e-4, beta1 = 0.9, beta2 = 0.95, weight_decay = 0.1;
+  };
+  AdamATan2(NamedTensors params, Options options);
+
+  void step();
+  void zero_grad();
+  void set_lr(double lr) { options_.lr = lr; }
+  double lr() const { return options_.lr; }
+
+  // "<param>.exp_avg", "<param>.exp_avg_sq", "<param>.step" for every parameter that has state.
+  NamedTensors state() const;
+  // Restores state() output; throws ShapeError naming a missing or mis-shaped entry.
+  void load_state(const NamedTensors& state);
+
+ private:
+  struct Slot {
+    std::string name;
+    torch::Tensor param, exp_avg, exp_avg_sq;
+    int64_t step = 0;
+  };
+  std::vector<Slot> slots_;
+  Options options_;
+};
+
+// SignSGD with decoupled weight decay for HRM's sparse puzzle embedding: the gradient of the
+// batch's local rows is summed per unique identifier, and only those rows of `weights` are
+// updated: w = w * (1 - lr*wd) - lr * sign(g).
+class SparseSignSGD {
+ public:
+  SparseSignSGD(torch::Tensor weights, torch::Tensor local_weights, torch::Tensor local_ids, double lr,
+                double weight_decay);
+  void step();
+  void zero_grad();
+  void set_lr(double lr) { lr_ = lr; }
+  double lr() const { return lr_; }
+
+ private:
+  torch::Tensor weights_, local_weights_, local_ids_;
+  double lr_, weight_decay_;
+};
+
+}  // namespace hrmclara
