@@ -21,6 +21,18 @@ int64_t int_field(const Json& j, const std::string& key, const std::string& file
   if (!j.contains(key) || !j[key].is_number_integer()) throw ConfigError(file + ": missing integer field '" + key + "'");
   return j[key].get<int64_t>();
 }
+
+// The model config from an arch object and dataset metadata; errors name `config_file`.
+HrmConfig config_from(const Json& arch, int64_t batch_size, const Json& meta, const std::string& meta_path,
+                      const std::string& config_file) {
+  const int64_t seq_len = int_field(meta, "seq_len", meta_path), vocab = int_field(meta, "vocab_size", meta_path),
+                puzzles = int_field(meta, "num_puzzle_identifiers", meta_path);
+  try {
+    return HrmConfig::from_arch_json(arch, batch_size, seq_len, vocab, puzzles);
+  } catch (const ConfigError& e) {
+    throw ConfigError(config_file + ": " + e.what());
+  }
+}
 }  // namespace
 
 HrmConfig upstream_config(const std::string& checkpoint_path, const std::string& dataset_json, int64_t batch_size,
@@ -44,13 +56,7 @@ HrmConfig upstream_config(const std::string& checkpoint_path, const std::string&
     batch_size = cfg["global_batch_size"].get<int64_t>();
   }
   if (full_config) *full_config = cfg;
-  try {
-    return HrmConfig::from_arch_json(cfg["arch"], batch_size, int_field(meta, "seq_len", meta_path),
-                                     int_field(meta, "vocab_size", meta_path),
-                                     int_field(meta, "num_puzzle_identifiers", meta_path));
-  } catch (const ConfigError& e) {
-    throw ConfigError(yaml_path + ": " + e.what());
-  }
+  return config_from(cfg["arch"], batch_size, meta, meta_path, yaml_path);
 }
 
 void save_hrm_checkpoint(const HrmModelImpl& model, const std::string& dir, const Json& extra) {
@@ -76,13 +82,7 @@ HrmConfig checkpoint_config(const std::string& checkpoint_path, const std::strin
         meta_path = dataset_json;
       }
       if (batch_size <= 0) batch_size = cfg.value("global_batch_size", int64_t{1});
-      try {
-        return HrmConfig::from_arch_json(cfg["arch"], batch_size, int_field(meta, "seq_len", meta_path),
-                                         int_field(meta, "vocab_size", meta_path),
-                                         int_field(meta, "num_puzzle_identifiers", meta_path));
-      } catch (const ConfigError& e) {
-        throw ConfigError(ours + ": " + e.what());
-      }
+      return config_from(cfg["arch"], batch_size, meta, meta_path, ours);
     }
   }
   return upstream_config(checkpoint_path, dataset_json, batch_size);
