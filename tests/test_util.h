@@ -2,6 +2,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <hrmclara/tensor_io.h>
 
 #include <array>
 #include <cstdio>
@@ -57,6 +58,27 @@ inline CommandResult run_command(const std::string& command, const std::string& 
   r.out = read_bytes(out_file);
   r.err = read_bytes(err_file);
   return r;
+}
+
+// Python with torch (the set-up's venv), for tests that check Python reads what we write; empty
+// when the build was configured without one.
+inline std::string test_python() {
+  const std::string python = HRMCLARA_TEST_PYTHON;
+  return !python.empty() && access(python.c_str(), X_OK) == 0 ? python : "";
+}
+
+// Runs `code` (no double quotes inside) with test_python().
+inline CommandResult run_python(const std::string& code, const std::string& scratch) {
+  return run_command(test_python() + " -c \"" + code + "\"", scratch);
+}
+
+// Same names in the same order, and equal values (dtype and shape included).
+inline void expect_same_tensors(const NamedTensors& got, const NamedTensors& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(got[i].first, want[i].first);
+    EXPECT_TRUE(got[i].second.equal(want[i].second)) << want[i].first;
+  }
 }
 
 inline int count_lines(const std::string& text) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <hrmclara/config.h>
+#include <hrmclara/tensor_io.h>
 
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -168,8 +169,9 @@ class HrmModelImpl : public torch::nn::Module {
   // Upstream's truncated-normal initialisation (JAX-style), q_head weight 0 / bias -5.
   void reset_parameters(uint64_t seed);
 
-  // Parameters trained by AdamATan2 (everything but the puzzle embedding and H_init/L_init).
-  std::vector<torch::Tensor> dense_parameters();
+  // The parameters AdamATan2 trains, by name: everything but the buffers (the puzzle embedding,
+  // trained by SignSGD, and H_init/L_init, never trained).
+  NamedTensors dense_parameters();
 
   torch::Tensor H_init, L_init;  // buffers [D], forward dtype
   CastedEmbedding embed_tokens{nullptr};

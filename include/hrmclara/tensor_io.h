@@ -21,6 +21,9 @@ using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
 std::string dtype_name(c10::ScalarType type);
 c10::ScalarType dtype_from_name(const std::string& name);
 
+// "[d0,d1,...]", the shape spelling of ckpt_inspect and of every error message.
+std::string shape_text(c10::IntArrayRef shape);
+
 // ---- safetensors ----------------------------------------------------------------------------
 
 // Reads a .safetensors file. The file is memory-mapped (copy-on-write) and tensors whose data is

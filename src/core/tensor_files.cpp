@@ -45,12 +45,6 @@ const DtypeEntry* find_dtype(c10::ScalarType type) {
   return nullptr;
 }
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
 // numel * element size, refusing shapes whose byte count would overflow.
 uint64_t checked_nbytes(const std::vector<int64_t>& shape, size_t elem, const std::string& where) {
   uint64_t n = elem;
@@ -75,6 +69,12 @@ c10::ScalarType dtype_from_name(const std::string& name) {
   for (const auto& e : dtype_table())
     if (name == e.name) return e.type;
   throw UsageError("unknown dtype '" + name + "'");
+}
+
+std::string shape_text(c10::IntArrayRef shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
+  return out + "]";
 }
 
 // ---- safetensors ---------------------------------------------------------------------------

@@ -10,7 +10,6 @@
 
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
-#include <hrmclara/files.h>
 
 #include <cstring>
 #include <fstream>

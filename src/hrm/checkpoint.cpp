@@ -6,6 +6,7 @@
 #include <hrmclara/hrm.h>
 
 #include <torch/serialize.h>
+#include <filesystem>
 #include <torch/torch.h>
 
 namespace hrmclara::hrm {
@@ -60,8 +61,9 @@ HrmConfig upstream_config(const std::string& checkpoint_path, const std::string&
 }
 
 void save_hrm_checkpoint(const HrmModelImpl& model, const std::string& dir, const Json& extra) {
-  if (!is_directory(dir) && std::system(("mkdir -p '" + dir + "'").c_str()) != 0)
-    throw IoError(dir + ": cannot create directory");
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw IoError(dir + ": cannot create directory (" + ec.message() + ")");
   const auto& c = model.config();
   Json config = extra;
   config["arch"] = c.arch_json();

@@ -303,7 +303,11 @@ void HrmModelImpl::reset_parameters(uint64_t seed) {
     }
 }
 
-std::vector<torch::Tensor> HrmModelImpl::dense_parameters() { return parameters(true); }
+NamedTensors HrmModelImpl::dense_parameters() {
+  NamedTensors out;
+  for (const auto& item : named_parameters(true)) out.emplace_back(item.key(), item.value());
+  return out;
+}
 
 torch::Tensor HrmModelImpl::input_embeddings(const Batch& batch) {
   const auto& c = config_;

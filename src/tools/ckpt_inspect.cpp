@@ -20,11 +20,8 @@ int main(int argc, char** argv) {
     auto tensors = hrmclara::load_tensors(args.positionals()[0]);
     std::sort(tensors.begin(), tensors.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     std::string out;
-    for (const auto& [name, t] : tensors) {
-      out += name + "\t" + hrmclara::dtype_name(t.scalar_type()) + "\t[";
-      for (int64_t i = 0; i < t.dim(); ++i) out += (i ? "," : "") + std::to_string(t.size(i));
-      out += "]\n";
-    }
+    for (const auto& [name, t] : tensors)
+      out += name + "\t" + hrmclara::dtype_name(t.scalar_type()) + "\t" + hrmclara::shape_text(t.sizes()) + "\n";
     std::cout << out << std::flush;
     if (args.has("to-safetensors")) hrmclara::write_safetensors(args.get("to-safetensors"), tensors);
     return 0;

@@ -57,9 +57,7 @@ int main(int argc, char** argv) {
     const hrm::Batch batch{torch::randint(1, vocab, {batch_size, seq_len}, opts),
                            torch::randint(1, vocab, {batch_size, seq_len}, opts),
                            torch::randint(0, puzzles, {batch_size}, opts)};
-    NamedTensors params;
-    for (const auto& item : model->named_parameters(true)) params.emplace_back(item.key(), item.value());
-    AdamATan2 adam(params, {1e-4, 0.9, 0.95, 0.1});
+    AdamATan2 adam(model->dense_parameters(), {1e-4, 0.9, 0.95, 0.1});
     std::unique_ptr<SparseSignSGD> sign;
     if (model->puzzle_emb)
       sign = std::make_unique<SparseSignSGD>(model->puzzle_emb->weights, model->puzzle_emb->local_weights,

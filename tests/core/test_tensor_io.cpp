@@ -100,16 +100,11 @@ TEST(TorchSave, WriterRoundTripsEveryDtypeAndPythonLoadsIt) {
   in.emplace_back("big", torch::full({70000}, 2.5));
   write_torch_save(dir / "out.pt", in);
   const auto out = read_torch_save(dir / "out.pt");
-  ASSERT_EQ(out.size(), in.size());
-  for (size_t i = 0; i < in.size(); ++i) {
-    EXPECT_EQ(out[i].first, in[i].first);
-    EXPECT_TRUE(out[i].second.equal(in[i].second)) << in[i].first;
-  }
-  const std::string python = HRMCLARA_TEST_PYTHON;
-  if (python.empty() || !file_exists(python)) return;
-  const auto r = test::run_command(python + " -c \"import torch; sd = torch.load('" + (dir / "out.pt") +
-                                       "', weights_only=True); print(type(sd).__name__, list(sd)[0], sd['bfloat16'].dtype, sd['view'].shape)\"",
-                                   dir.path());
+  test::expect_same_tensors(out, in);
+  if (test::test_python().empty()) return;
+  const auto r = test::run_python("import torch; sd = torch.load('" + (dir / "out.pt") +
+                                      "', weights_only=True); print(type(sd).__name__, list(sd)[0], sd['bfloat16'].dtype, sd['view'].shape)",
+                                  dir.path());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "OrderedDict float32 torch.bfloat16 torch.Size([4, 3])\n");
 }
@@ -174,11 +169,7 @@ TEST(Safetensors, RoundTripsEveryDtypeAndMetadata) {
   std::map<std::string, std::string> meta;
   const auto out = read_safetensors(dir / "x.safetensors", &meta);
   EXPECT_EQ(meta.at("k"), "v");
-  ASSERT_EQ(out.size(), in.size());
-  for (size_t i = 0; i < in.size(); ++i) {
-    EXPECT_EQ(out[i].first, in[i].first);
-    EXPECT_TRUE(out[i].second.equal(in[i].second)) << in[i].first;
-  }
+  test::expect_same_tensors(out, in);
 }
 
 TEST(Safetensors, LoadedTensorsAreCopyOnWrite) {
@@ -293,14 +284,12 @@ TEST(TensorArchive, ReadsPythonTorchScript) {
 }
 
 TEST(TensorArchive, PythonReadsOurArchive) {
-  const std::string python = HRMCLARA_TEST_PYTHON;
-  if (python.empty() || !file_exists(python)) GTEST_SKIP() << "no Python with torch configured";
+  if (test::test_python().empty()) GTEST_SKIP() << "no Python with torch configured";
   ScratchDir dir;
   Toy toy;
   save_tensor_archive(dir / "toy.pt", module_state(toy));
-  const auto r = test::run_command(
-      python + " -c \"import torch; m = torch.jit.load('" + (dir / "toy.pt") +
-          "'); print(sorted(k for k, _ in m.named_buffers()))\"",
+  const auto r = test::run_python(
+      "import torch; m = torch.jit.load('" + (dir / "toy.pt") + "'); print(sorted(k for k, _ in m.named_buffers()))",
       dir.path());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("'fc.weight'"), std::string::npos) << r.out;

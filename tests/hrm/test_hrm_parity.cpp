@@ -139,9 +139,7 @@ TEST(HrmParity, FirstTrainingStepLossAndLossesGoDown) {
   auto model = load_model();
   model->train();
   const Batch batch = fixture_batch();
-  NamedTensors params;
-  for (const auto& item : model->named_parameters(true)) params.emplace_back(item.key(), item.value());
-  AdamATan2 adam(params, {1e-3, 0.9, 0.95, 0.1});
+  AdamATan2 adam(model->dense_parameters(), {1e-3, 0.9, 0.95, 0.1});
   SparseSignSGD sign(model->puzzle_emb->weights, model->puzzle_emb->local_weights, model->puzzle_emb->local_ids, 1e-2, 0.1);
   Carry carry = model->initial_carry(batch);
   std::vector<double> losses;
@@ -306,12 +304,7 @@ TEST(HrmCheckpoint, LoadsWithAndWithoutCompilePrefix) {
   HrmModel a = load_model();
   HrmModel b(upstream_config(dir / "step_0", "", 6));
   load_hrm_weights(*b, dir / "step_0");
-  const auto sa = module_state(*a), sb = module_state(*b);
-  ASSERT_EQ(sa.size(), sb.size());
-  for (size_t i = 0; i < sa.size(); ++i) {
-    EXPECT_EQ(sa[i].first, sb[i].first);
-    EXPECT_TRUE(sa[i].second.equal(sb[i].second)) << sa[i].first;
-  }
+  test::expect_same_tensors(module_state(*b), module_state(*a));
 }
 
 TEST(HrmCheckpoint, PuzzleEmbeddingRowsMustMatchTheDataset) {
@@ -349,11 +342,10 @@ TEST(HrmCheckpoint, OwnFormatAndUpstreamExportRoundTrip) {
     ASSERT_TRUE(by_name.count(key)) << key;
     EXPECT_TRUE(by_name[key].equal(t)) << key;
   }
-  const std::string python = HRMCLARA_TEST_PYTHON;
-  if (python.empty() || !file_exists(python)) return;
-  const auto r = test::run_command(python + " -c \"import torch; sd = torch.load('" + (dir / "exported") +
-                                       "', weights_only=True); print(len(sd), type(sd).__name__, sd['model.inner.q_head.bias'].tolist())\"",
-                                   dir.path());
+  if (test::test_python().empty()) return;
+  const auto r = test::run_python("import torch; sd = torch.load('" + (dir / "exported") +
+                                      "', weights_only=True); print(len(sd), type(sd).__name__, sd['model.inner.q_head.bias'].tolist())",
+                                  dir.path());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out.substr(0, 15), "23 OrderedDict ") << r.out;
 }
