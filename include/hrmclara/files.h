@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace hrmclara {
 
@@ -19,6 +20,16 @@ void write_atomically(const std::string& path, const std::function<void(const st
 void write_file_atomically(const std::string& path, const std::string& bytes);
 
 bool file_exists(const std::string& path);
+
+// Directory operations on POSIX calls. Not std::filesystem: the PyPI torch wheel's libtorch.so
+// exports its own copies of std::filesystem's free functions (remove_all, create_directory,
+// rename, ...), which win symbol resolution over libstdc++'s and crash (remove_all calls a null
+// function). Every error is an IoError naming the path.
+void make_directories(const std::string& path);   // mkdir -p
+void remove_tree(const std::string& path);        // rm -rf; a missing path is fine
+void rename_path(const std::string& from, const std::string& to);  // rename(2): atomic on one filesystem
+std::vector<std::string> list_directory(const std::string& path);  // entry names, sorted, no . or ..
+void copy_file(const std::string& from, const std::string& to);    // bytes, written atomically
 bool is_directory(const std::string& path);
 std::uint64_t file_size(const std::string& path);
 

@@ -1,6 +1,7 @@
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <algorithm>
 
 namespace hrmclara {
 
@@ -53,6 +55,48 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
     if (!out) throw IoError(path + ": write failed (" + errno_text() + ")");
   });
 }
+
+void make_directories(const std::string& path) {
+  if (path.empty() || is_directory(path)) return;
+  const auto slash = path.find_last_of('/');
+  if (slash != std::string::npos && slash > 0) make_directories(path.substr(0, slash));
+  if (::mkdir(path.c_str(), 0777) != 0 && !(errno == EEXIST && is_directory(path)))
+    throw IoError(path + ": cannot create directory (" + errno_text() + ")");
+}
+
+std::vector<std::string> list_directory(const std::string& path) {
+  DIR* dir = ::opendir(path.c_str());
+  if (!dir) throw IoError(path + ": cannot list directory (" + errno_text() + ")");
+  std::vector<std::string> names;
+  while (const dirent* e = ::readdir(dir)) {
+    const std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  ::closedir(dir);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+void remove_tree(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    throw IoError(path + ": cannot remove (" + errno_text() + ")");
+  }
+  if (S_ISDIR(st.st_mode)) {
+    for (const auto& name : list_directory(path)) remove_tree(path + "/" + name);
+    if (::rmdir(path.c_str()) != 0) throw IoError(path + ": cannot remove directory (" + errno_text() + ")");
+  } else if (::unlink(path.c_str()) != 0) {
+    throw IoError(path + ": cannot remove (" + errno_text() + ")");
+  }
+}
+
+void rename_path(const std::string& from, const std::string& to) {
+  if (::rename(from.c_str(), to.c_str()) != 0)
+    throw IoError(from + ": cannot rename to " + to + " (" + errno_text() + ")");
+}
+
+void copy_file(const std::string& from, const std::string& to) { write_file_atomically(to, read_file(from)); }
 
 bool file_exists(const std::string& path) {
   struct stat st {};

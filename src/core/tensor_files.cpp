@@ -1,6 +1,7 @@
 // safetensors and .npy, plus the dtype names every tool prints.
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
+#include <hrmclara/npy.h>
 #include <hrmclara/tensor_io.h>
 
 #include <ATen/ATen.h>
@@ -9,7 +10,6 @@
 #include <cstring>
 #include <fstream>
 #include <memory>
-#include <regex>
 #include <set>
 #include <unordered_map>
 
@@ -235,55 +235,17 @@ void write_safetensors(const std::string& path, const NamedTensors& tensors,
 
 at::Tensor read_npy(const std::string& path) {
   MappedFile file(path);
-  const char* d = file.data();
-  const uint64_t size = file.size();
-  if (size < 10 || std::memcmp(d, "\x93NUMPY", 6) != 0) throw FormatError(path + ": not a .npy file (bad magic)");
-  const int major = static_cast<unsigned char>(d[6]);
-  uint64_t header_len = 0, header_start = 0;
-  if (major == 1) {
-    header_len = static_cast<unsigned char>(d[8]) | (static_cast<unsigned char>(d[9]) << 8);
-    header_start = 10;
-  } else if (major == 2 || major == 3) {
-    if (size < 12) throw FormatError(path + ": truncated .npy header");
-    for (int i = 11; i >= 8; --i) header_len = (header_len << 8) | static_cast<unsigned char>(d[i]);
-    header_start = 12;
-  } else {
-    throw FormatError(path + ": unsupported .npy version " + std::to_string(major));
-  }
-  if (header_start + header_len > size) throw FormatError(path + ": truncated .npy header");
-  const std::string header(d + header_start, header_len);
-
-  static const std::regex descr_re(R"('descr'\s*:\s*'([<>|=])([a-zA-Z])(\d+)')");
-  static const std::regex fortran_re(R"('fortran_order'\s*:\s*(True|False))");
-  static const std::regex shape_re(R"('shape'\s*:\s*\(([^)]*)\))");
-  std::smatch m;
-  if (!std::regex_search(header, m, descr_re)) throw FormatError(path + ": .npy header has no supported 'descr' (" + header + ")");
-  const std::string order = m[1], kind = m[2], bytes = m[3];
-  if (order == ">" && bytes != "1") throw FormatError(path + ": big-endian .npy data is not supported");
-  const std::string code = kind + bytes;
-  c10::ScalarType type = c10::kFloat;
-  bool known = false;
+  const npy::Header h = npy::parse_header(file.data(), file.size(), path);
+  npy::require_supported(h, file.size(), path);
+  const std::string code = h.descr.substr(1);
+  const DtypeEntry* entry = nullptr;
   for (const auto& e : dtype_table())
-    if (*e.npy && code == e.npy) {
-      type = e.type;
-      known = true;
-    }
-  if (!known) throw FormatError(path + ": unsupported .npy dtype '" + order + code + "'");
-  if (!std::regex_search(header, m, fortran_re)) throw FormatError(path + ": .npy header lacks 'fortran_order'");
-  if (m[1] == "True") throw FormatError(path + ": Fortran-order .npy arrays are not supported (save with C order)");
-  if (!std::regex_search(header, m, shape_re)) throw FormatError(path + ": .npy header lacks 'shape'");
-  std::vector<int64_t> shape;
-  const std::string dims = m[1];
-  static const std::regex int_re(R"(\d+)");
-  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), int_re); it != std::sregex_iterator(); ++it)
-    shape.push_back(std::stoll(it->str()));
-  const uint64_t nbytes = checked_nbytes(shape, c10::elementSize(type), path);
-  const uint64_t data_start = header_start + header_len;
-  if (size - data_start < nbytes)
-    throw FormatError(path + ": truncated .npy data (" + std::to_string(size - data_start) + " of " + std::to_string(nbytes) + " bytes)");
-  at::Tensor t = at::empty(shape, at::TensorOptions().dtype(type));
-  if (nbytes) std::memcpy(t.data_ptr(), d + data_start, nbytes);
-  if (type == c10::kBool && t.numel() > 0) {
+    if (*e.npy && code == e.npy) entry = &e;
+  if (!entry) throw FormatError(path + ": unsupported .npy dtype '" + h.descr + "'");
+  const uint64_t nbytes = npy::checked_nbytes(h.shape, h.item_size(), path);
+  at::Tensor t = at::empty(h.shape, at::TensorOptions().dtype(entry->type));
+  if (nbytes) std::memcpy(t.data_ptr(), file.data() + h.data_offset, nbytes);
+  if (entry->type == c10::kBool && t.numel() > 0) {
     // numpy bools are bytes 0/1; anything else is corruption that torch would misread.
     if (at::gt(t.view(c10::kByte), 1).any().item<bool>()) throw FormatError(path + ": bool array holds values other than 0/1");
   }
@@ -293,23 +255,10 @@ at::Tensor read_npy(const std::string& path) {
 void write_npy(const std::string& path, const at::Tensor& tensor) {
   const auto* entry = find_dtype(tensor.scalar_type());
   if (!entry || !*entry->npy) throw FormatError(path + ": dtype " + std::string(c10::toString(tensor.scalar_type())) + " has no .npy form");
-  at::Tensor t = contiguous_cpu(tensor);
-  // Python's tuple spelling: (), (3,), (3, 4).
-  std::string shape = "(";
-  for (int64_t i = 0; i < t.dim(); ++i) shape += (i ? ", " : "") + std::to_string(t.size(i));
-  if (t.dim() == 1) shape += ",";
-  shape += ")";
+  const at::Tensor t = contiguous_cpu(tensor);
   const char order = (std::string(entry->npy).back() == '1') ? '|' : '<';
-  std::string header = std::string("{'descr': '") + order + entry->npy + "', 'fortran_order': False, 'shape': " + shape + ", }";
-  const size_t unpadded = 10 + header.size() + 1;
-  header.append((64 - unpadded % 64) % 64, ' ');
-  header.push_back('\n');
-  std::string bytes("\x93NUMPY\x01\x00", 8);
-  bytes.push_back(static_cast<char>(header.size() & 0xff));
-  bytes.push_back(static_cast<char>((header.size() >> 8) & 0xff));
-  bytes += header;
-  bytes.append(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
-  write_file_atomically(path, bytes);
+  npy::write(path, order + std::string(entry->npy), t.sizes().vec(), t.data_ptr(),
+             static_cast<uint64_t>(t.numel()) * static_cast<uint64_t>(t.element_size()));
 }
 
 }  // namespace hrmclara

@@ -6,7 +6,6 @@
 #include <hrmclara/hrm.h>
 
 #include <torch/serialize.h>
-#include <filesystem>
 #include <torch/torch.h>
 
 namespace hrmclara::hrm {
@@ -61,9 +60,7 @@ HrmConfig upstream_config(const std::string& checkpoint_path, const std::string&
 }
 
 void save_hrm_checkpoint(const HrmModelImpl& model, const std::string& dir, const Json& extra) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) throw IoError(dir + ": cannot create directory (" + ec.message() + ")");
+  make_directories(dir);
   const auto& c = model.config();
   Json config = extra;
   config["arch"] = c.arch_json();

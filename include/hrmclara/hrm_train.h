@@ -1,0 +1,76 @@
+// Training and evaluating HRM on puzzle datasets: the training config (upstream's PretrainConfig
+// plus our keys), the HRM TrainTask the shared Trainer drives, and evaluation.
+#pragma once
+
+#include <hrmclara/hrm.h>
+#include <hrmclara/optim.h>
+#include <hrmclara/puzzle_dataset.h>
+#include <hrmclara/trainer.h>
+
+#include <c10/core/Device.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace hrmclara::hrm {
+
+// Every key a training config may hold, with upstream's defaults (config/cfg_pretrain.yaml and
+// config/arch/hrm_v1.yaml) where upstream has the key. Our additions:
+//   eval_batch_size (0: global_batch_size), eval_max_examples (0: the whole test split),
+//   log_every, eval_every_steps, checkpoint_every_steps, keep_checkpoints,
+//   generate {kind: "" | "sudoku-gen", train, test, clues_min, clues_max, num_aug, seed}: a dataset
+//   made on first use and cached (used when data_path is empty).
+Json default_train_config();
+
+// Merges a user config (a preset file, upstream's all_config.yaml, overrides) into the defaults;
+// unknown keys and wrong types are ConfigErrors naming the key and `where`.
+Json validated_train_config(const Json& user, const std::string& where);
+
+// Resolves config["data_path"]: when it is empty and config["generate"] names a generator, the
+// dataset is generated once into the cache (${XDG_CACHE_HOME:-~/.cache}/hrmclara/data/<name>)
+// and data_path is set to it. Returns the resolved config.
+Json prepare_dataset(Json config);
+
+struct EvalResult {
+  // count, accuracy, exact_accuracy, q_halt_accuracy, mean_steps, lm_loss, q_halt_loss (per example)
+  Metrics metrics;
+  // With keep_predictions: one row per real (non-padding) example, in file order.
+  torch::Tensor inputs, labels, puzzle_identifiers, predictions;  // int32
+  torch::Tensor q_halt_logits;                                      // f32 [N]
+};
+
+// Runs every example of `data` (or the first max_examples) through halt_max_steps eval-mode ACT
+// steps, as upstream's evaluate() does, and sums the metrics over examples.
+EvalResult evaluate_model(HrmModelImpl& model, const PuzzleDataset& data, int64_t batch_size, int64_t max_examples = 0,
+                          bool keep_predictions = false);
+
+class HrmTrainTask : public TrainTask {
+ public:
+  // `config` must be validated and its data_path resolved.
+  HrmTrainTask(const Json& config, const c10::Device& device);
+
+  int64_t total_steps() const override { return total_steps_; }
+  StepResult train_step(int64_t step, double lr_factor) override;
+  Metrics evaluate() override;
+  void save(const std::string& dir) const override;
+  void load(const std::string& dir) override;
+
+  HrmModelImpl& model() { return *model_; }
+  const Json& config() const { return config_; }
+  const SamplerPosition& position() const { return position_; }
+
+ private:
+  Json config_;
+  c10::Device device_;
+  std::unique_ptr<PuzzleDataset> train_, test_;
+  HrmModel model_{nullptr};
+  std::unique_ptr<AdamATan2> adam_;
+  std::unique_ptr<SparseSignSGD> sign_;
+  std::unique_ptr<TrainSampler> sampler_;
+  SamplerPosition position_;
+  std::optional<Carry> carry_;
+  int64_t batch_size_ = 0, total_steps_ = 0;
+};
+
+}  // namespace hrmclara::hrm

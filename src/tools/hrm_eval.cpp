@@ -1,0 +1,147 @@
+// hrm_eval: evaluates an HRM checkpoint (ours or upstream's step_N) on a puzzle test split. The
+// last stdout line is one JSON object: exact_accuracy, accuracy, mean_steps, count (and pass@1,
+// pass@2 for ARC, with augmented predictions voted back onto their tasks).
+#include <hrmclara/cli.h>
+#include <hrmclara/config.h>
+#include <hrmclara/device.h>
+#include <hrmclara/errors.h>
+#include <hrmclara/files.h>
+#include <hrmclara/hrm_train.h>
+#include <hrmclara/log.h>
+#include <hrmclara/arc_score.h>
+#include <hrmclara/tensor_io.h>
+#include <hrmclara/trainer.h>
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <iostream>
+
+using namespace hrmclara;
+
+namespace {
+
+std::string dir_of(const std::string& path) {
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+// The data_path the checkpoint was trained on: ours (config.json) or upstream's (all_config.yaml).
+std::string trained_data_path(const std::string& checkpoint) {
+  const std::string dir = is_directory(checkpoint) ? checkpoint : dir_of(checkpoint);
+  if (file_exists(dir + "/config.json")) {
+    const Json c = read_json_file(dir + "/config.json");
+    if (c.contains("data_path") && c["data_path"].is_string()) return c["data_path"];
+  }
+  if (file_exists(dir + "/all_config.yaml")) {
+    const Json c = read_yaml_file(dir + "/all_config.yaml");
+    if (c.contains("data_path") && c["data_path"].is_string()) return c["data_path"];
+  }
+  return "";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return run_main("hrm_eval", [&] {
+    ArgParser args("hrm_eval", "--checkpoint PATH [--data DIR] [--out PREDS.safetensors] [--batch-size N] [--device D]");
+    args.option("checkpoint", "our checkpoint directory, a run directory (its newest checkpoint), or upstream's step_N")
+        .option("data", "dataset directory (its test/ split is used) or a split directory; default: the data the checkpoint trained on")
+        .option("out", "write per-example predictions (inputs, labels, puzzle_identifiers, predictions, q_halt_logits)")
+        .option("batch-size", "examples per forward pass (default: the run's eval batch size)", "0")
+        .option("max-examples", "evaluate only the first N examples", "0")
+        .option("dataset-json", "dataset.json for an upstream checkpoint whose data is elsewhere")
+        .common_options();
+    if (!args.parse(argc, argv, 0)) return 0;
+    configure_threads(static_cast<int>(args.get_int("threads")));
+    const auto device = resolve_device(args.get("device"));
+
+    std::string checkpoint = args.require("checkpoint");
+    if (is_directory(checkpoint) && is_directory(checkpoint + "/checkpoints")) {
+      const std::string latest = latest_checkpoint(checkpoint);
+      if (latest.empty()) throw IoError(checkpoint + ": run directory without a checkpoint");
+      checkpoint = latest;
+    }
+    if (!file_exists(checkpoint)) throw IoError(checkpoint + ": no such checkpoint");
+
+    std::string data = args.get("data");
+    if (data.empty()) {
+      data = trained_data_path(checkpoint);
+      if (data.empty()) throw UsageError("the checkpoint does not say which data it was trained on: pass --data DIR");
+    }
+    const std::string split = file_exists(data + "/dataset.json") ? data : data + "/test";
+    const hrm::PuzzleDataset dataset(split);
+
+    int64_t batch = args.get_int("batch-size");
+    if (batch <= 0) {
+      const std::string dir = is_directory(checkpoint) ? checkpoint : dir_of(checkpoint);
+      batch = 256;
+      if (file_exists(dir + "/config.json")) {
+        const Json c = read_json_file(dir + "/config.json");
+        const int64_t e = c.value("eval_batch_size", int64_t{0}), g = c.value("global_batch_size", int64_t{0});
+        batch = e > 0 ? e : (g > 0 ? g : batch);
+      }
+    }
+    // The model's data fields come from the checkpoint's own record: our config.json, or for upstream
+    // the dataset.json beside the checkpoint or under its data_path; the evaluated data's own
+    // train/dataset.json only when neither exists.
+    hrm::HrmConfig config;
+    try {
+      config = hrm::checkpoint_config(checkpoint, args.get("dataset-json"), batch);
+    } catch (const IoError&) {
+      const std::string train_meta = dir_of(split) + "/train/dataset.json";
+      if (!args.get("dataset-json").empty() || !file_exists(train_meta)) throw;
+      config = hrm::checkpoint_config(checkpoint, train_meta, batch);
+    }
+    hrm::HrmModel model(config);
+    hrm::load_hrm_weights(*model, checkpoint);
+    model->to(device);
+
+    const auto t0 = std::chrono::steady_clock::now();
+    const bool arc = file_exists(dir_of(split) + "/identifiers.json") && config.vocab_size == 12 && config.seq_len == 900;
+    auto result = hrm::evaluate_model(*model, dataset, batch, args.get_int("max-examples"), args.has("out") || arc);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    log_info("evaluated " + std::to_string(static_cast<int64_t>(result.metrics["count"])) + " examples of " + split + " in " +
+             std::to_string(seconds) + " s");
+
+    Json line{{"exact_accuracy", result.metrics["exact_accuracy"]},
+              {"accuracy", result.metrics["accuracy"]},
+              {"mean_steps", result.metrics["mean_steps"]},
+              {"count", static_cast<int64_t>(result.metrics["count"])},
+              {"q_halt_accuracy", result.metrics["q_halt_accuracy"]},
+              {"lm_loss", result.metrics["lm_loss"]}};
+    if (arc) {
+      // Augmented predictions are mapped back to their task and voted (arc_eval.ipynb).
+      const std::string data_dir = dir_of(split);
+      const auto names = hrm::load_identifiers(data_dir + "/identifiers.json");
+      hrm::ArcScorer scorer;
+      scorer.set_all_labels(hrm::load_arc_test_labels(data_dir));
+      const auto preds = result.predictions.contiguous();
+      const auto q = result.q_halt_logits.contiguous();
+      const int64_t n = preds.size(0);
+      for (const auto& set : dataset.sets())
+        for (size_t p = 0; p + 1 < set.puzzle_indices.size(); ++p)
+          for (int64_t e = set.puzzle_indices[p]; e < set.puzzle_indices[p + 1]; ++e) {
+            const int64_t row = set.first_example + e;
+            if (row >= n) break;
+            const int32_t id = dataset.example_identifiers()[static_cast<size_t>(row)];
+            if (id == dataset.metadata().blank_identifier_id || id >= static_cast<int32_t>(names.size())) continue;
+            scorer.add(names[static_cast<size_t>(id)], static_cast<int>(e - set.puzzle_indices[p]),
+                       preds.data_ptr<int32_t>() + row * preds.size(1), q[row].item<double>());
+          }
+      const auto score = scorer.score({1, 2});
+      line["pass@1"] = score.pass_at(1);
+      line["pass@2"] = score.pass_at(2);
+      line["arc_puzzles"] = score.puzzles;
+    }
+    if (args.has("out")) {
+      write_safetensors(args.get("out"), {{"inputs", result.inputs},
+                                          {"labels", result.labels},
+                                          {"puzzle_identifiers", result.puzzle_identifiers},
+                                          {"predictions", result.predictions},
+                                          {"q_halt_logits", result.q_halt_logits}});
+    }
+    std::cout << line.dump() << std::endl;
+    return 0;
+  });
+}

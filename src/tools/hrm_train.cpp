@@ -1,0 +1,130 @@
+// hrm_train: trains HRM on a puzzle dataset. With no arguments it generates (once, cached) a
+// Sudoku dataset and trains the preset sized for a 2-core CPU, embedded in the binary.
+#include <hrmclara/cli.h>
+#include <hrmclara/config.h>
+#include <hrmclara/device.h>
+#include <hrmclara/errors.h>
+#include <hrmclara/files.h>
+#include <hrmclara/hrm_train.h>
+#include <hrmclara/log.h>
+#include <hrmclara/report.h>
+#include <hrmclara/trainer.h>
+
+#include <torch/torch.h>
+
+#include <ctime>
+#include <iostream>
+
+#include "default_preset.h"  // kDefaultHrmPreset: models/hrm/sudoku-2core.json, embedded at build time
+
+using namespace hrmclara;
+
+namespace {
+
+Json read_config(const std::string& path) {
+  const bool yaml = path.size() > 5 && (path.substr(path.size() - 5) == ".yaml" || path.substr(path.size() - 4) == ".yml");
+  return yaml ? read_yaml_file(path) : read_json_file(path);
+}
+
+std::string default_run_dir() {
+  char buf[64];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(buf, sizeof buf, "runs/hrm-%Y%m%d-%H%M%S", std::localtime(&now));
+  return buf;
+}
+
+int64_t count_parameters(hrm::HrmModelImpl& model) {
+  int64_t n = 0;
+  for (const auto& p : model.parameters()) n += p.numel();
+  return n;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return run_main("hrm_train", [&] {
+    ArgParser args("hrm_train",
+                   "[--config FILE.json|all_config.yaml] [key=value ...] [--out RUNDIR] [--resume RUNDIR]\n"
+                   "                 [--max-minutes M] [--max-steps N] [--device D]");
+    args.option("config", "preset (models/hrm/*.json) or upstream all_config.yaml; default: the embedded Sudoku preset")
+        .option("out", "run directory for checkpoints, metrics.jsonl and curves.svg (default runs/hrm-<time>)")
+        .option("resume", "continue the run in RUNDIR from its newest checkpoint, exactly")
+        .option("max-minutes", "stop after this many minutes (evaluate and save first)", "0")
+        .option("max-steps", "stop after this step (evaluate and save first)", "0")
+        .flag("no-progress", "no live progress bar (log lines instead)")
+        .flag("print-config", "print the resolved config and exit")
+        .common_options();
+    if (!args.parse(argc, argv)) return 0;
+    const int threads = configure_threads(static_cast<int>(args.get_int("threads")));
+    const auto device = resolve_device(args.get("device"));
+
+    Json config;
+    std::string run_dir;
+    const bool resume = args.has("resume");
+    if (resume) {
+      if (args.has("config") || !args.positionals().empty() || args.has("out"))
+        throw UsageError("--resume continues a run with its saved config; it takes no --config, --out or key=value");
+      run_dir = args.get("resume");
+      const std::string saved = run_dir + "/config.json";
+      if (!file_exists(saved)) throw IoError(saved + ": missing (is " + run_dir + " a run directory?)");
+      config = hrm::validated_train_config(read_json_file(saved), saved);
+    } else {
+      const std::string source = args.has("config") ? args.get("config") : "the embedded preset (models/hrm/sudoku-2core.json)";
+      Json user = args.has("config") ? read_config(args.get("config")) : Json::parse(kDefaultHrmPreset);
+      config = hrm::validated_train_config(user, source);
+      config = hrm::validated_train_config(apply_overrides(config, args.positionals()), "command line");
+      if (args.has("print-config")) {
+        std::cout << config.dump(2) << std::endl;
+        return 0;
+      }
+      config = hrm::prepare_dataset(config);
+      run_dir = args.has("out") ? args.get("out") : default_run_dir();
+    }
+
+    hrm::HrmTrainTask task(config, device);
+    const auto& mc = task.model().config();
+    log_info("model: " + std::to_string(count_parameters(task.model())) + " parameters, hidden " +
+             std::to_string(mc.hidden_size) + ", " + std::to_string(mc.H_layers) + "+" + std::to_string(mc.L_layers) +
+             " layers, " + std::to_string(mc.H_cycles) + "x" + std::to_string(mc.L_cycles) + " cycles, " +
+             mc.forward_dtype + "; " + std::to_string(task.total_steps()) + " steps of batch " +
+             std::to_string(config["global_batch_size"].get<int64_t>()) + " on " + describe_device(device) + " (" +
+             std::to_string(threads) + " threads)");
+    log_info("data: " + config["data_path"].get<std::string>() + "; run: " + run_dir);
+
+    TrainerOptions opt;
+    opt.run_dir = run_dir;
+    opt.warmup_steps = config["lr_warmup_steps"].get<int64_t>();
+    opt.lr_min_ratio = config["lr_min_ratio"].get<double>();
+    opt.log_every = config["log_every"].get<int64_t>();
+    opt.eval_every_steps = config["eval_every_steps"].get<int64_t>();
+    opt.checkpoint_every_steps = config["checkpoint_every_steps"].get<int64_t>();
+    opt.checkpoint_every_eval = config["checkpoint_every_eval"].get<bool>();
+    opt.keep_checkpoints = config["keep_checkpoints"].get<int64_t>();
+    opt.max_minutes = args.get_double("max-minutes");
+    opt.max_steps = args.get_int("max-steps");
+    opt.progress_bar = !args.has("no-progress");
+    Trainer trainer(task, opt);
+    if (resume)
+      trainer.resume();
+    else
+      trainer.start(config);
+    install_stop_signal_handlers();
+    const auto outcome = trainer.run();
+
+    const std::string metrics = run_dir + "/metrics.jsonl";
+    write_training_plot(metrics, run_dir + "/curves.svg");
+    std::cout << summary_table(read_metric_series(metrics),
+                               {"train/loss", "train/accuracy", "train/exact_accuracy", "train/steps", "eval/accuracy",
+                                "eval/exact_accuracy", "eval/mean_steps"});
+    const char* how = outcome == Trainer::Outcome::kFinished    ? "finished"
+                      : outcome == Trainer::Outcome::kTimeLimit ? "time limit reached"
+                      : outcome == Trainer::Outcome::kStepLimit ? "step limit reached"
+                                                                : "interrupted";
+    std::cout << how << " at step " << trainer.step() << "; checkpoint " << trainer.last_checkpoint() << "; curves "
+              << run_dir << "/curves.svg" << std::endl;
+    Json last{{"step", trainer.step()}, {"run_dir", run_dir}};
+    for (const auto& [k, v] : trainer.last_eval()) last["eval/" + k] = v;
+    std::cout << last.dump() << std::endl;
+    return 0;
+  });
+}
