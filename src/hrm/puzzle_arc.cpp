@@ -10,15 +10,14 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
-#include <filesystem>
+#include <climits>
+#include <cstdlib>
 #include <map>
 #include <unordered_set>
 
 namespace hrmclara::hrm {
 
 namespace {
-
-namespace fs = std::filesystem;
 
 constexpr int kAugmentRetriesFactor = 5;  // upstream ARCAugmentRetriesFactor
 constexpr int64_t kArcVocab = 12;         // PAD, EOS, colours 0..9
@@ -38,13 +37,31 @@ struct TaskFile {
   bool test_to_test_split = false;  // the set is named "evaluation"
 };
 
+// Directory work goes through files.h's POSIX helpers: std::filesystem's symbols are shadowed by
+// the copies libtorch.so exports (see files.h).
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+std::string join_path(const std::string& dir, const std::string& name) {
+  return ends_with(dir, "/") ? dir + name : dir + "/" + name;
+}
+
+// The last component of `dir` as named on disk ("." and ".." resolved).
+std::string directory_name(const std::string& dir) {
+  char resolved[PATH_MAX];
+  std::string p = ::realpath(dir.c_str(), resolved) ? std::string(resolved) : dir;
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  const size_t slash = p.find_last_of('/');
+  return slash == std::string::npos ? p : p.substr(slash + 1);
+}
+
 std::vector<std::string> json_files_in(const std::string& dir) {
   std::vector<std::string> files;
-  std::error_code ec;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
-    if (it->path().extension() == ".json" && !it->is_directory()) files.push_back(it->path().string());
-  if (ec) throw IoError(dir + ": cannot list (" + ec.message() + ")");
-  std::sort(files.begin(), files.end());
+  for (const std::string& name : list_directory(dir)) {  // sorted
+    const std::string path = join_path(dir, name);
+    if (ends_with(name, ".json") && name.size() > 5 && !is_directory(path)) files.push_back(path);
+  }
   return files;
 }
 
@@ -53,16 +70,12 @@ std::vector<std::string> json_files_in(const std::string& dir) {
 std::vector<std::pair<std::string, std::vector<std::string>>> task_sets(const std::string& root) {
   if (!is_directory(root)) throw IoError(root + ": not a directory of ARC tasks");
   std::vector<std::pair<std::string, std::vector<std::string>>> sets;
-  std::error_code ec;
-  const std::string own_name = fs::weakly_canonical(fs::path(root), ec).filename().string();
-  if (auto own = json_files_in(root); !own.empty()) sets.emplace_back(own_name, std::move(own));
-  std::vector<fs::path> subdirs;
-  for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec))
-    if (it->is_directory()) subdirs.push_back(it->path());
-  if (ec) throw IoError(root + ": cannot list (" + ec.message() + ")");
-  std::sort(subdirs.begin(), subdirs.end());
-  for (const fs::path& d : subdirs)
-    if (auto files = json_files_in(d.string()); !files.empty()) sets.emplace_back(d.filename().string(), std::move(files));
+  if (auto own = json_files_in(root); !own.empty()) sets.emplace_back(directory_name(root), std::move(own));
+  for (const std::string& name : list_directory(root)) {  // sorted
+    const std::string sub = join_path(root, name);
+    if (!is_directory(sub)) continue;
+    if (auto files = json_files_in(sub); !files.empty()) sets.emplace_back(name, std::move(files));
+  }
   return sets;
 }
 
@@ -192,14 +205,17 @@ BuildSummary build_arc_dataset(const std::string& out_dir, const ArcBuildOptions
   for (const std::string& root : o.task_dirs)
     for (auto& [set_name, paths] : task_sets(root)) {
       std::vector<TaskFile> set;
-      for (const std::string& p : paths) set.push_back({p, fs::path(p).stem().string(), set_name == "evaluation"});
+      for (const std::string& p : paths) {
+        const std::string file = p.substr(p.find_last_of('/') + 1);
+        set.push_back({p, file.substr(0, file.size() - 5), set_name == "evaluation"});
+      }
       shuffle_in_place(set, rng);
       files.insert(files.end(), set.begin(), set.end());
     }
   if (files.empty()) throw IoError(o.task_dirs.front() + ": no ARC task files (*.json) in it or its subdirectories");
 
   BuildSummary summary;
-  detail::make_directories(out_dir);
+  make_directories(out_dir);
   detail::SplitWriter train(out_dir + "/train", kArcGridSize * kArcGridSize);
   std::unique_ptr<detail::SplitWriter> test;
   std::vector<std::string> names = {"<blank>"};

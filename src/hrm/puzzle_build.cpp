@@ -9,7 +9,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <limits>
 
@@ -142,12 +141,6 @@ int64_t parse_int_field(const std::string& text, const std::string& where, const
 }
 
 // ---- output ----------------------------------------------------------------------------------
-
-void make_directories(const std::string& dir) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec || !is_directory(dir)) throw IoError(dir + ": cannot create directory (" + ec.message() + ")");
-}
 
 void write_identifiers(const std::string& out_dir, const std::vector<std::string>& names) {
   nlohmann::json j = names;

@@ -48,9 +48,6 @@ class SplitWriter {
 // <out>/identifiers.json.
 void write_identifiers(const std::string& out_dir, const std::vector<std::string>& names);
 
-// Creates `dir` and its parents; IoError naming it on failure.
-void make_directories(const std::string& dir);
-
 // Parses a non-negative decimal integer field; FormatError "<where>: <what> '<text>' is not an integer".
 int64_t parse_int_field(const std::string& text, const std::string& where, const std::string& what);
 

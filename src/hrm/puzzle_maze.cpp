@@ -2,6 +2,7 @@
 #include "puzzle_build_internal.h"
 
 #include <hrmclara/errors.h>
+#include <hrmclara/files.h>
 
 #include <cmath>
 #include <cstdio>
@@ -88,7 +89,7 @@ BuildSummary build_maze_dataset(const std::string& out_dir, const MazeCsvOptions
     train.resize(k);
   }
   BuildSummary summary;
-  detail::make_directories(out_dir);
+  make_directories(out_dir);
   summary.train = write_maze_split(out_dir + "/train", train, n, o.aug);
   detail::write_identifiers(out_dir, {"<blank>"});
   summary.test = write_maze_split(out_dir + "/test", test, n, false);

@@ -3,6 +3,7 @@
 #include "puzzle_build_internal.h"
 
 #include <hrmclara/errors.h>
+#include <hrmclara/files.h>
 #include <hrmclara/log.h>
 
 #include <algorithm>
@@ -367,7 +368,7 @@ BuildSummary build_sudoku_dataset(const std::string& out_dir, const SudokuCsvOpt
     for (size_t i = 0; i < n; ++i) std::swap(train[i], train[i + rand_below(rng, train.size() - i)]);
     train.resize(n);
   }
-  detail::make_directories(out_dir);
+  make_directories(out_dir);
   summary.train = write_sudoku_split(out_dir + "/train", train, o.num_aug, rng);
   detail::write_identifiers(out_dir, {"<blank>"});
   summary.test = write_sudoku_split(out_dir + "/test", test, 0, rng);
@@ -408,7 +409,7 @@ BuildSummary generate_sudoku_dataset(const std::string& out_dir, const SudokuGen
     return pairs;
   };
   BuildSummary summary;
-  detail::make_directories(out_dir);
+  make_directories(out_dir);
   std::vector<uint64_t> train_solutions;
   {
     const std::vector<SudokuPair> train = make(o.train, nullptr);

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdio>
 #include <fstream>
 #include <set>
 
@@ -513,7 +514,7 @@ TEST(PuzzleArc, BadTasksNameTheFile) {
   ArcBuildOptions o;
   o.task_dirs = {dir / "tasks"};
   o.num_aug = 1;
-  std::filesystem::create_directories(dir / "tasks/training");
+  make_directories(dir / "tasks/training");
   test::write_bytes(dir / "tasks/training/bad.json", "{\"train\": [ {\"input\": [[1]], ");
   std::string what = error_of<FormatError>([&] { build_arc_dataset(dir / "out", o); });
   EXPECT_TRUE(contains(what, dir / "tasks/training/bad.json")) << what;
@@ -526,7 +527,7 @@ TEST(PuzzleArc, BadTasksNameTheFile) {
   EXPECT_TRUE(contains(error_of<FormatError>([&] { build_arc_dataset(dir / "out", o); }), "colour 0-9"));
   test::write_bytes(dir / "tasks/training/bad.json", R"({"train": [{"input": [[1]], "output": [[1]]}]})");
   EXPECT_TRUE(contains(error_of<FormatError>([&] { build_arc_dataset(dir / "out", o); }), "bad.json: test"));
-  std::filesystem::remove(dir / "tasks/training/bad.json");
+  std::remove((dir / "tasks/training/bad.json").c_str());
   EXPECT_THROW(build_arc_dataset(dir / "out", o), IoError);  // no tasks at all
   o.task_dirs = {dir / "absent"};
   EXPECT_TRUE(contains(error_of<IoError>([&] { build_arc_dataset(dir / "out", o); }), dir / "absent"));
@@ -647,7 +648,7 @@ TEST(PuzzleTool, HrmDataEndToEnd) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(contains(r.out, "13 identifiers")) << r.out;
 
-  std::filesystem::create_directories(dir / "maze");
+  make_directories(dir / "maze");
   test::write_bytes(dir / "maze/train.csv", "source,question,answer,rating\na,S G,SoG,0\n");
   test::write_bytes(dir / "maze/test.csv", "source,question,answer,rating\na,S G,SoG,0\n");
   r = run("maze --csv '" + dir / "maze" + "' --out '" + dir / "mz" + "' --aug");
