@@ -55,7 +55,9 @@ int main(int argc, char** argv) {
         .flag("print-config", "print the resolved config and exit")
         .common_options();
     if (!args.parse(argc, argv)) return 0;
-    const int threads = configure_threads(static_cast<int>(args.get_int("threads")));
+    // From here on SIGINT/SIGTERM ask the trainer to save and stop after the current step.
+    install_stop_signal_handlers();
+    configure_threads(static_cast<int>(args.get_int("threads")));
     const auto device = resolve_device(args.get("device"));
 
     Json config;
@@ -87,8 +89,7 @@ int main(int argc, char** argv) {
              std::to_string(mc.hidden_size) + ", " + std::to_string(mc.H_layers) + "+" + std::to_string(mc.L_layers) +
              " layers, " + std::to_string(mc.H_cycles) + "x" + std::to_string(mc.L_cycles) + " cycles, " +
              mc.forward_dtype + "; " + std::to_string(task.total_steps()) + " steps of batch " +
-             std::to_string(config["global_batch_size"].get<int64_t>()) + " on " + describe_device(device) + " (" +
-             std::to_string(threads) + " threads)");
+             std::to_string(config["global_batch_size"].get<int64_t>()) + " on " + describe_device(device));
     log_info("data: " + config["data_path"].get<std::string>() + "; run: " + run_dir);
 
     TrainerOptions opt;
@@ -108,7 +109,6 @@ int main(int argc, char** argv) {
       trainer.resume();
     else
       trainer.start(config);
-    install_stop_signal_handlers();
     const auto outcome = trainer.run();
 
     const std::string metrics = run_dir + "/metrics.jsonl";

@@ -457,11 +457,41 @@ TEST(HrmTraining, ConfigRejectsUnknownKeysAndBadValues) {
   EXPECT_NE(error_of([] { validated_train_config(Json{{"arch", {{"hidden_size", 30}, {"num_heads", 4}}}}, "x.json"); })
                 .find("x.json"),
             std::string::npos);
+  // Every shipped training preset validates.
+  for (const char* preset : {"sudoku-2core", "sudoku-extreme-1k", "maze-30x30-hard-1k", "arc"}) {
+    const std::string path = fixture(std::string("../../models/hrm/") + preset + ".json");
+    EXPECT_NO_THROW(validated_train_config(read_json_file(path), path)) << path;
+  }
   // Upstream's all_config.yaml is accepted as it is.
   EXPECT_NO_THROW(validated_train_config(read_yaml_file(fixture("hrm-reference/all_config.yaml")), "all_config.yaml"));
 }
 
 // ---- the tools ------------------------------------------------------------------------------
+
+TEST(HrmTools, ArcRunIsScoredByVotingBackToTasks) {
+  // hrm_data arc -> hrm_train (a few steps) -> hrm_eval: pass@1 and pass@2 over the evaluation tasks.
+  ScratchDir dir;
+  auto r = run_command(tool("hrm_data") + " arc --tasks " + fixture("arc") + " --out " + dir / "arc" + " --num-aug 2 --seed 1",
+                       dir.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Json config = tiny_config(dir / "arc");
+  config["global_batch_size"] = 8;
+  config["epochs"] = 1;
+  config["eval_interval"] = 1;
+  config["arch"]["halt_max_steps"] = 2;
+  write_json_file(dir / "arc.json", config);
+  r = run_command(tool("hrm_train") + " --config " + dir / "arc.json" + " --out " + dir / "run" + " --max-steps 2 --threads 1 --no-progress",
+                  dir.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = run_command(tool("hrm_eval") + " --checkpoint " + dir / "run" + " --threads 1", dir.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json summary = Json::parse(r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1));
+  ASSERT_TRUE(summary.contains("pass@2")) << r.out;
+  EXPECT_EQ(summary["arc_puzzles"].get<int>(), 2);  // the two evaluation tasks of tests/fixtures/arc
+  EXPECT_GE(summary["pass@2"].get<double>(), summary["pass@1"].get<double>());
+  // 2 tasks x 3 puzzles (original + 2 augmentations) x their test inputs (1 and 2).
+  EXPECT_EQ(summary["count"].get<int>(), 3 * (1 + 2));
+}
 
 TEST(HrmTools, TrainThenEvaluateOursAndUpstreamCheckpoints) {
   REQUIRE_NUMPY();
@@ -506,6 +536,18 @@ TEST(HrmTools, TrainThenEvaluateOursAndUpstreamCheckpoints) {
   r = run_command(tool("hrm_eval") + " --checkpoint " + fixture("hrm-reference/step_0") + " --data " + dir / "bad", dir.path());
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("seq_len"), std::string::npos) << r.err;
+
+  // SIGTERM: the run saves a checkpoint, exits 0, and --resume continues it.
+  r = run_command("(" + tool("hrm_train") + " --config " + dir / "tiny.json" + " --out " + dir / "sig" +
+                      " epochs=100000 --threads 1 --no-progress & pid=$!; for i in $(seq 600); do"
+                      " [ -s " + dir / "sig/metrics.jsonl" + " ] && break; sleep 0.05; done; kill -TERM $pid; wait $pid)",
+                  dir.path());
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("interrupted at step"), std::string::npos) << r.out;
+  EXPECT_FALSE(latest_checkpoint(dir / "sig").empty());
+  r = run_command(tool("hrm_train") + " --resume " + dir / "sig" + " --max-steps 400 --threads 1 --no-progress", dir.path());
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("step limit reached at step 400"), std::string::npos) << r.out;
 
   // Bad flags and a resume of nothing.
   r = run_command(tool("hrm_train") + " --resume " + dir / "nothing", dir.path());
