@@ -125,6 +125,13 @@ torch::Tensor rms_norm(const torch::Tensor& x, double eps) {
   return (h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps)).to(in_dtype);
 }
 
+// rms_norm for a tensor nobody else holds, without autograd: f32 in place, other dtypes as above.
+torch::Tensor rms_norm_inplace(torch::Tensor x, double eps) {
+  if (x.scalar_type() != torch::kFloat) return rms_norm(x, eps);
+  const auto scale = torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return x.mul_(scale);
+}
+
 // NeoX rotate_half on the last dimension.
 torch::Tensor rotate_half(const torch::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
@@ -203,8 +210,13 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     const auto dtype = q.scalar_type();
     const auto c = cos.unsqueeze(-2), s = sin.unsqueeze(-2);
     auto qf = q.to(cos.scalar_type()), kf = k.to(cos.scalar_type());
-    q = (qf * c + rotate_half(qf) * s).to(dtype);
-    k = (kf * c + rotate_half(kf) * s).to(dtype);
+    if (!torch::GradMode::is_enabled()) {
+      q = (qf * c).add_(rotate_half(qf).mul_(s)).to(dtype);
+      k = (kf * c).add_(rotate_half(kf).mul_(s)).to(dtype);
+    } else {
+      q = (qf * c + rotate_half(qf) * s).to(dtype);
+      k = (kf * c + rotate_half(kf) * s).to(dtype);
+    }
   }
   // Non-causal attention, scale 1/sqrt(head_dim); [B, heads, L, hd] for SDPA.
   auto qt = q.transpose(1, 2), kt = k.transpose(1, 2), vt = v.transpose(1, 2);
@@ -215,7 +227,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     // softmax(q k^T / sqrt(d)) v with the softmax in f32: the reference's order of operations.
     // LibTorch's CPU SDPA kernel blocks the softmax differently, which compounds to 3e-5 relative
     // over four ACT steps; this stays under 1e-5.
-    auto scores = torch::matmul(qt, kt.transpose(-1, -2)) / std::sqrt(static_cast<double>(head_dim));
+    auto scores = torch::matmul(qt, kt.transpose(-1, -2));
+    const double scale = std::sqrt(static_cast<double>(head_dim));
+    scores = torch::GradMode::is_enabled() ? scores / scale : scores.div_(scale);
     out = torch::matmul(torch::softmax(scores.to(torch::kFloat), -1).to(vt.scalar_type()), vt);
   }
   return o_proj(out.transpose(1, 2).reshape({B, L, heads * head_dim}));
@@ -228,6 +242,13 @@ SwiGLUImpl::SwiGLUImpl(int64_t hidden, int64_t intermediate) {
 
 torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
   auto gate_up = gate_up_proj(x).chunk(2, -1);
+  if (!torch::GradMode::is_enabled()) {
+    // Without autograd (most of the recurrence) the same operations run in place: no new
+    // intermediate-sized tensors, identical bits.
+    auto gate = gate_up[0];
+    torch::silu_(gate);
+    return down_proj(gate.mul_(gate_up[1]));
+  }
   return down_proj(F::silu(gate_up[0]) * gate_up[1]);
 }
 
@@ -238,6 +259,11 @@ BlockImpl::BlockImpl(const HrmConfig& c) : eps(c.rms_norm_eps) {
 
 torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
   // Post-norm, as upstream.
+  if (!torch::GradMode::is_enabled()) {
+    // In place on the fresh sublayer outputs (a + x is x + a bit for bit).
+    auto h = rms_norm_inplace(self_attn(x, cos, sin).add_(x), eps);
+    return rms_norm_inplace(mlp(h).add_(h), eps);
+  }
   auto h = rms_norm(x + self_attn(x, cos, sin), eps);
   return rms_norm(h + mlp(h), eps);
 }
