@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -70,6 +71,21 @@ inline std::string test_python() {
 // Runs `code` (no double quotes inside) with test_python().
 inline CommandResult run_python(const std::string& code, const std::string& scratch) {
   return run_command(test_python() + " -c \"" + code + "\"", scratch);
+}
+
+// The message of the E that `f` throws; a test failure if it throws nothing or something else.
+template <typename E>
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const E& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "no exception thrown";
+  return "";
 }
 
 // Same names in the same order, and equal values (dtype and shape included).

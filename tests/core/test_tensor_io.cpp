@@ -56,19 +56,7 @@ void expect_values(const NamedTensors& got, const std::string& prefix) {
   }
 }
 
-template <typename E>
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const E& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "no exception thrown";
-  return "";
-}
+using test::error_of;
 
 // ---- torch.save -------------------------------------------------------------------------------
 

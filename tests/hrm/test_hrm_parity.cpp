@@ -132,6 +132,28 @@ TEST(HrmParity, Step0GradientsOfEveryParameter) {
   EXPECT_EQ(checked + 1, expected_grads);
 }
 
+// The fixture's short run: three ACT steps on the fixture batch, each followed by backward of
+// loss / batch, SignSGD (lr 1e-2, wd 0.1) and AdamATan2 (lr 1e-3, betas (0.9, 0.95), wd 0.1).
+// Returns the three losses.
+std::vector<double> run_three_training_steps(HrmModelImpl& model, const Batch& batch) {
+  AdamATan2 adam(model.dense_parameters(), {1e-3, 0.9, 0.95, 0.1});
+  SparseSignSGD sign(model.puzzle_emb->weights, model.puzzle_emb->local_weights, model.puzzle_emb->local_ids, 1e-2, 0.1);
+  Carry carry = model.initial_carry(batch);
+  std::vector<double> losses;
+  for (int k = 0; k < 3; ++k) {
+    auto [next, out] = model.forward(carry, batch);
+    auto result = act_loss(model.config(), next, out);
+    losses.push_back(result.loss.item<double>());
+    (result.loss / static_cast<double>(batch.size())).backward();
+    sign.step();
+    sign.zero_grad();
+    adam.step();
+    adam.zero_grad();
+    carry = next;
+  }
+  return losses;
+}
+
 TEST(HrmParity, ThreeStepTrainingRunEndsInTheFixtureParameters) {
   // The fixture's script recorded train.* (4 ACT steps, each with a backward of the full loss,
   // parameter gradients cleared before each backward) and then started the three-step run without
@@ -144,7 +166,6 @@ TEST(HrmParity, ThreeStepTrainingRunEndsInTheFixtureParameters) {
   auto model = load_model();
   model->train();
   const Batch batch = fixture_batch();
-  auto& local = model->puzzle_emb->local_weights;
   {
     Carry carry = model->initial_carry(batch);
     for (int k = 0; k < 4; ++k) {
@@ -154,20 +175,9 @@ TEST(HrmParity, ThreeStepTrainingRunEndsInTheFixtureParameters) {
       carry = next;
     }
   }
-  AdamATan2 adam(model->dense_parameters(), {1e-3, 0.9, 0.95, 0.1});
-  SparseSignSGD sign(model->puzzle_emb->weights, local, model->puzzle_emb->local_ids, 1e-2, 0.1);
-  Carry carry = model->initial_carry(batch);
-  for (int k = 0; k < 3; ++k) {
-    auto [next, out] = model->forward(carry, batch);
-    auto result = act_loss(model->config(), next, out);
-    EXPECT_CLOSE(torch::tensor(result.loss.item<double>(), torch::kDouble), "trainstep." + std::to_string(k) + ".loss", 1e-6);
-    (result.loss / static_cast<double>(batch.size())).backward();
-    sign.step();
-    sign.zero_grad();
-    adam.step();
-    adam.zero_grad();
-    carry = next;
-  }
+  const auto losses = run_three_training_steps(*model, batch);
+  for (int k = 0; k < 3; ++k)
+    EXPECT_CLOSE(torch::tensor(losses[k], torch::kDouble), "trainstep." + std::to_string(k) + ".loss", 1e-6);
   int checked = 0;
   for (const auto& [name, t] : module_state(*model)) {
     EXPECT_CLOSE(t, "trainstep.final.model.inner." + name, 1e-4);
@@ -183,21 +193,7 @@ TEST(HrmParity, CleanTrainingRunLowersTheLoss) {
   auto model = load_model();
   model->train();
   const Batch batch = fixture_batch();
-  AdamATan2 adam(model->dense_parameters(), {1e-3, 0.9, 0.95, 0.1});
-  SparseSignSGD sign(model->puzzle_emb->weights, model->puzzle_emb->local_weights, model->puzzle_emb->local_ids, 1e-2, 0.1);
-  Carry carry = model->initial_carry(batch);
-  std::vector<double> losses;
-  for (int k = 0; k < 3; ++k) {
-    auto [next, out] = model->forward(carry, batch);
-    auto result = act_loss(model->config(), next, out);
-    losses.push_back(result.loss.item<double>());
-    (result.loss / static_cast<double>(batch.size())).backward();
-    sign.step();
-    sign.zero_grad();
-    adam.step();
-    adam.zero_grad();
-    carry = next;
-  }
+  const auto losses = run_three_training_steps(*model, batch);
   EXPECT_CLOSE(torch::tensor(losses[0], torch::kDouble), "trainstep.0.loss", 1e-6);
   EXPECT_LT(losses[1], losses[0]);
   EXPECT_LT(losses[2], losses[1]);

@@ -25,6 +25,7 @@ using test::fixture;
 using test::run_command;
 using test::ScratchDir;
 using test::tool;
+using test::error_of;
 
 // A Python with numpy: Debian's /usr/bin/python3 (python3-numpy) as the brief asks, else the venv.
 std::string numpy_python() {
@@ -49,14 +50,6 @@ void write_dataset(const std::string& out, const std::string& flags) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 // ---- dataset reader ---------------------------------------------------------------------------
 
@@ -172,7 +165,7 @@ TEST(PuzzleDataset, BadInputsNameTheFile) {
     return dir / name + "/train";
   };
   auto expect_error = [&](const std::string& split, const std::string& needle) {
-    const std::string msg = error_of([&] { PuzzleDataset d(split); });
+    const std::string msg = error_of<Error>([&] { PuzzleDataset d(split); });
     EXPECT_NE(msg.find(needle), std::string::npos) << msg;
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
   };
@@ -325,7 +318,7 @@ TEST(Trainer, NonFiniteLossStopsWithTheNewestCheckpointNamed) {
   opt.run_dir = dir / "run";
   Trainer trainer(task, opt);
   trainer.start(Json::object());
-  const std::string msg = error_of([&] { trainer.run(); });
+  const std::string msg = error_of<Error>([&] { trainer.run(); });
   EXPECT_NE(msg.find("step 6"), std::string::npos) << msg;
   EXPECT_NE(msg.find("step_4"), std::string::npos) << msg;
   EXPECT_THROW(
@@ -451,10 +444,10 @@ TEST(HrmTraining, LossFallsOnACopyTask) {
 }
 
 TEST(HrmTraining, ConfigRejectsUnknownKeysAndBadValues) {
-  EXPECT_NE(error_of([] { validated_train_config(Json{{"lrr", 1}}, "x.json"); }).find("lrr"), std::string::npos);
-  EXPECT_NE(error_of([] { validated_train_config(Json{{"lr", "fast"}}, "x.json"); }).find("lr"), std::string::npos);
-  EXPECT_NE(error_of([] { validated_train_config(Json{{"beta2", 1.5}}, "x.json"); }).find("beta2"), std::string::npos);
-  EXPECT_NE(error_of([] { validated_train_config(Json{{"arch", {{"hidden_size", 30}, {"num_heads", 4}}}}, "x.json"); })
+  EXPECT_NE(error_of<Error>([] { validated_train_config(Json{{"lrr", 1}}, "x.json"); }).find("lrr"), std::string::npos);
+  EXPECT_NE(error_of<Error>([] { validated_train_config(Json{{"lr", "fast"}}, "x.json"); }).find("lr"), std::string::npos);
+  EXPECT_NE(error_of<Error>([] { validated_train_config(Json{{"beta2", 1.5}}, "x.json"); }).find("beta2"), std::string::npos);
+  EXPECT_NE(error_of<Error>([] { validated_train_config(Json{{"arch", {{"hidden_size", 30}, {"num_heads", 4}}}}, "x.json"); })
                 .find("x.json"),
             std::string::npos);
   // Every shipped training preset validates.
