@@ -21,6 +21,11 @@ void write_file_atomically(const std::string& path, const std::string& bytes);
 
 bool file_exists(const std::string& path);
 
+// "a/b/c" -> "a/b"; a bare name -> ".".
+std::string parent_directory(const std::string& path);
+// `path` itself when it is a directory, else its parent (where a checkpoint's config lives).
+std::string containing_directory(const std::string& path);
+
 // Directory operations on POSIX calls. Not std::filesystem: the PyPI torch wheel's libtorch.so
 // exports its own copies of std::filesystem's free functions (remove_all, create_directory,
 // rename, ...), which win symbol resolution over libstdc++'s and crash (remove_all calls a null

@@ -95,7 +95,7 @@ class Trainer {
   TrainTask& task_;
   TrainerOptions opt_;
   int64_t step_ = 0;
-  double elapsed_before_ = 0;  // seconds trained before this process (resumed runs)
+  double elapsed_s_ = 0;  // training seconds of the whole run, resumed processes included
   Metrics last_eval_, last_train_;
   std::string last_checkpoint_;
 };

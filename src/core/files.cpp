@@ -56,6 +56,16 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   });
 }
 
+std::string parent_directory(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+std::string containing_directory(const std::string& path) {
+  return is_directory(path) ? path : parent_directory(path);
+}
+
 void make_directories(const std::string& path) {
   if (path.empty() || is_directory(path)) return;
   const auto slash = path.find_last_of('/');

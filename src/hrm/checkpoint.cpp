@@ -11,11 +11,6 @@
 namespace hrmclara::hrm {
 
 namespace {
-std::string dir_of(const std::string& path) {
-  if (is_directory(path)) return path;
-  const auto slash = path.rfind('/');
-  return slash == std::string::npos ? "." : path.substr(0, slash);
-}
 
 int64_t int_field(const Json& j, const std::string& key, const std::string& file) {
   if (!j.contains(key) || !j[key].is_number_integer()) throw ConfigError(file + ": missing integer field '" + key + "'");
@@ -37,7 +32,7 @@ HrmConfig config_from(const Json& arch, int64_t batch_size, const Json& meta, co
 
 HrmConfig upstream_config(const std::string& checkpoint_path, const std::string& dataset_json, int64_t batch_size,
                           Json* full_config) {
-  const std::string dir = dir_of(checkpoint_path);
+  const std::string dir = containing_directory(checkpoint_path);
   const std::string yaml_path = dir + "/all_config.yaml";
   if (!file_exists(yaml_path)) throw IoError(yaml_path + ": no all_config.yaml beside the checkpoint");
   const Json cfg = read_yaml_file(yaml_path);
@@ -70,7 +65,7 @@ void save_hrm_checkpoint(const HrmModelImpl& model, const std::string& dir, cons
 }
 
 HrmConfig checkpoint_config(const std::string& checkpoint_path, const std::string& dataset_json, int64_t batch_size) {
-  const std::string ours = dir_of(checkpoint_path) + "/config.json";
+  const std::string ours = containing_directory(checkpoint_path) + "/config.json";
   if (file_exists(ours)) {
     const Json cfg = read_json_file(ours);
     if (cfg.contains("arch") && cfg.contains("dataset")) {

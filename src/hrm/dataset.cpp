@@ -189,15 +189,16 @@ Batch PuzzleDataset::gather(const std::vector<int64_t>& example_ids, int64_t bat
     const int64_t e = example_ids[r];
     if (e < 0 || e >= num_examples()) throw ShapeError(dir_ + ": example " + std::to_string(e) + " out of range");
     id[r] = example_identifier_[e];
-    for (int64_t s = 0; s < S; ++s) {
-      if (bytes_) {
-        in[r * S + s] = inputs_u8_[e * S + s];
-        const uint8_t l = labels_u8_[e * S + s];
-        lab[r * S + s] = l == 255 ? static_cast<int32_t>(kIgnoreLabel) : l;
-      } else {
-        in[r * S + s] = inputs_i32_[e * S + s];
-        lab[r * S + s] = labels_i32_[e * S + s];
+    if (bytes_) {
+      const uint8_t* src_in = &inputs_u8_[e * S];
+      const uint8_t* src_lab = &labels_u8_[e * S];
+      for (int64_t s = 0; s < S; ++s) {
+        in[r * S + s] = src_in[s];
+        lab[r * S + s] = src_lab[s] == 255 ? static_cast<int32_t>(kIgnoreLabel) : src_lab[s];
       }
+    } else {
+      std::copy_n(&inputs_i32_[e * S], S, in + r * S);
+      std::copy_n(&labels_i32_[e * S], S, lab + r * S);
     }
   }
   return Batch{inputs, labels, ids};

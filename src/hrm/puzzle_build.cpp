@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -58,6 +59,15 @@ Grid dihedral_transform(const Grid& a, int tid) {
 Grid inverse_dihedral_transform(const Grid& grid, int tid) { return dihedral_transform(grid, dihedral_inverse(tid)); }
 
 namespace detail {
+
+std::string describe_char(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  if (u >= 0x20 && u < 0x7f) return std::string("'") + c + "'";
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "\\x%02x", u);
+  return buf;
+}
+
 
 // ---- CSV -------------------------------------------------------------------------------------
 

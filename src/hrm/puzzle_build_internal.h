@@ -11,6 +11,9 @@
 
 namespace hrmclara::hrm::detail {
 
+// A character for an error message: 'c' when printable, else \xNN.
+std::string describe_char(char c);
+
 // One CSV record and where it came from.
 struct CsvRow {
   std::vector<std::string> fields;

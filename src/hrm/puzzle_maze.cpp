@@ -18,14 +18,6 @@ struct MazePair {
   Grid input, label;
 };
 
-std::string describe_char(char c) {
-  const auto u = static_cast<unsigned char>(c);
-  if (u >= 0x20 && u < 0x7f) return std::string("'") + c + "'";
-  char buf[8];
-  std::snprintf(buf, sizeof buf, "\\x%02x", u);
-  return buf;
-}
-
 Grid maze_grid(const std::string& text, int n, const std::string& where, const char* what) {
   if (text.size() != static_cast<size_t>(n) * static_cast<size_t>(n))
     throw FormatError(where + ": " + what + " has " + std::to_string(text.size()) + " characters, expected " +
@@ -34,7 +26,7 @@ Grid maze_grid(const std::string& text, int n, const std::string& where, const c
   for (size_t i = 0; i < text.size(); ++i) {
     const char* p = text[i] ? std::strchr(kMazeCharset, text[i]) : nullptr;
     if (!p)
-      throw FormatError(where + ": " + what + " character " + std::to_string(i + 1) + " is " + describe_char(text[i]) +
+      throw FormatError(where + ": " + what + " character " + std::to_string(i + 1) + " is " + detail::describe_char(text[i]) +
                         ", not one of '#', ' ', 'S', 'G', 'o'");
     g.cells[i] = static_cast<uint8_t>(p - kMazeCharset + 1);
   }

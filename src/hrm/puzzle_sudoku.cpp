@@ -155,14 +155,6 @@ int clue_count(const Sudoku& p) {
   return static_cast<int>(std::count_if(p.begin(), p.end(), [](uint8_t v) { return v != 0; }));
 }
 
-std::string describe_byte(char c) {
-  const auto u = static_cast<unsigned char>(c);
-  if (u >= 0x20 && u < 0x7f) return std::string("'") + c + "'";
-  char buf[8];
-  std::snprintf(buf, sizeof buf, "\\x%02x", u);
-  return buf;
-}
-
 }  // namespace
 
 // ---- validity and solving ----------------------------------------------------------------------
@@ -329,7 +321,7 @@ std::vector<SudokuPair> read_sudoku_csvs(const std::vector<std::string>& files, 
           const char c = (*text)[i];
           const bool blank_ok = std::string(what) == "question" && (c == '.' || c == '0');
           if (!blank_ok && (c < '1' || c > '9'))
-            throw FormatError(row.where() + ": " + what + " character " + std::to_string(i + 1) + " is " + describe_byte(c) +
+            throw FormatError(row.where() + ": " + what + " character " + std::to_string(i + 1) + " is " + detail::describe_char(c) +
                               (std::string(what) == "question" ? ", expected '.' or a digit 0-9" : ", expected a digit 1-9"));
           (*grid)[i] = static_cast<uint8_t>(c == '.' ? 0 : c - '0');
         }

@@ -71,7 +71,8 @@ Json validated_train_config(const Json& user, const std::string& where) {
     throw ConfigError(where + ": 'lr_min_ratio' must be in [0, 1]");
   const std::string kind = c["generate"]["kind"];
   if (!kind.empty() && kind != "sudoku-gen") throw ConfigError(where + ": generate.kind must be \"\" or \"sudoku-gen\"");
-  // The arch block is checked by HrmConfig (data fields are placeholders here).
+  // The arch block is checked by HrmConfig; its data fields (batch, seq_len, vocab, identifiers)
+  // come from the dataset later, so any valid values do for this check.
   try {
     HrmConfig::from_arch_json(c["arch"], 1, 1, 1, 1);
   } catch (const ConfigError& e) {
@@ -118,6 +119,20 @@ Json prepare_dataset(Json config) {
 
 // ---- evaluation ------------------------------------------------------------------------------
 
+namespace {
+// Scalar metric tensors as doubles, in one device-to-host copy (one sync per step on a GPU, not
+// one per metric).
+std::map<std::string, double> metrics_to_host(const std::map<std::string, torch::Tensor>& metrics) {
+  std::vector<torch::Tensor> values;
+  for (const auto& [name, v] : metrics) values.push_back(v.detach().to(torch::kDouble).reshape({}));
+  const auto host = torch::stack(values).cpu();
+  std::map<std::string, double> out;
+  int64_t i = 0;
+  for (const auto& [name, v] : metrics) out[name] = host[i++].item<double>();
+  return out;
+}
+}  // namespace
+
 EvalResult evaluate_model(HrmModelImpl& model, const PuzzleDataset& data, int64_t batch_size, int64_t max_examples,
                           bool keep_predictions) {
   const auto& c = model.config();
@@ -151,7 +166,7 @@ EvalResult evaluate_model(HrmModelImpl& model, const PuzzleDataset& data, int64_
       loss = act_loss(c, carry, out);
       if (loss.all_halted) break;
     }
-    for (const auto& [name, v] : loss.metrics) sums[name] += v.item<double>();
+    for (const auto& [name, v] : metrics_to_host(loss.metrics)) sums[name] += v;
     if (keep_predictions) {
       inputs.push_back(batch.inputs.narrow(0, 0, n).cpu());
       labels.push_back(batch.labels.narrow(0, 0, n).cpu());
@@ -237,13 +252,14 @@ TrainTask::StepResult HrmTrainTask::train_step(int64_t /*step*/, double lr_facto
   carry_ = std::move(next);
 
   StepResult r;
+  result.metrics["loss"] = result.loss;
+  const auto host = metrics_to_host(result.metrics);
   // Upstream's reduction: losses per global batch, the rest per halted example.
-  const double count = std::max(1.0, result.metrics["count"].item<double>());
-  for (const auto& [name, v] : result.metrics) {
-    const double x = v.item<double>();
-    r.metrics[name] = name == "count" ? x : x / (name.size() > 4 && name.substr(name.size() - 4) == "loss" ? batch_size_ : count);
+  const double count = std::max(1.0, host.at("count"));
+  for (const auto& [name, x] : host) {
+    const bool is_loss = name.size() >= 4 && name.compare(name.size() - 4, 4, "loss") == 0;
+    r.metrics[name] = name == "count" ? x : x / (is_loss ? static_cast<double>(batch_size_) : count);
   }
-  r.metrics["loss"] = result.loss.item<double>() * scale;
   ++position_.batch;
   r.end_of_period = position_.batch >= sampler_->batches_in_iteration(position_.iteration);
   if (r.end_of_period) position_ = {position_.iteration + 1, 0};

@@ -21,23 +21,26 @@ using namespace hrmclara;
 
 namespace {
 
-std::string dir_of(const std::string& path) {
-  const auto slash = path.rfind('/');
-  return slash == std::string::npos ? "." : path.substr(0, slash);
-}
+// What a checkpoint's directory says about its run: our config.json (data_path, batch sizes) or
+// upstream's all_config.yaml (data_path); read once.
+struct RunRecord {
+  std::string data_path;
+  int64_t eval_batch_size = 0;
+};
 
-// The data_path the checkpoint was trained on: ours (config.json) or upstream's (all_config.yaml).
-std::string trained_data_path(const std::string& checkpoint) {
-  const std::string dir = is_directory(checkpoint) ? checkpoint : dir_of(checkpoint);
+RunRecord read_run_record(const std::string& checkpoint) {
+  const std::string dir = containing_directory(checkpoint);
+  RunRecord r;
+  Json c;
   if (file_exists(dir + "/config.json")) {
-    const Json c = read_json_file(dir + "/config.json");
-    if (c.contains("data_path") && c["data_path"].is_string()) return c["data_path"];
+    c = read_json_file(dir + "/config.json");
+    const int64_t e = c.value("eval_batch_size", int64_t{0}), g = c.value("global_batch_size", int64_t{0});
+    r.eval_batch_size = e > 0 ? e : g;
+  } else if (file_exists(dir + "/all_config.yaml")) {
+    c = read_yaml_file(dir + "/all_config.yaml");
   }
-  if (file_exists(dir + "/all_config.yaml")) {
-    const Json c = read_yaml_file(dir + "/all_config.yaml");
-    if (c.contains("data_path") && c["data_path"].is_string()) return c["data_path"];
-  }
-  return "";
+  if (c.contains("data_path") && c["data_path"].is_string()) r.data_path = c["data_path"];
+  return r;
 }
 
 }  // namespace
@@ -64,24 +67,17 @@ int main(int argc, char** argv) {
     }
     if (!file_exists(checkpoint)) throw IoError(checkpoint + ": no such checkpoint");
 
+    const RunRecord run = read_run_record(checkpoint);
     std::string data = args.get("data");
     if (data.empty()) {
-      data = trained_data_path(checkpoint);
+      data = run.data_path;
       if (data.empty()) throw UsageError("the checkpoint does not say which data it was trained on: pass --data DIR");
     }
     const std::string split = file_exists(data + "/dataset.json") ? data : data + "/test";
     const hrm::PuzzleDataset dataset(split);
 
     int64_t batch = args.get_int("batch-size");
-    if (batch <= 0) {
-      const std::string dir = is_directory(checkpoint) ? checkpoint : dir_of(checkpoint);
-      batch = 256;
-      if (file_exists(dir + "/config.json")) {
-        const Json c = read_json_file(dir + "/config.json");
-        const int64_t e = c.value("eval_batch_size", int64_t{0}), g = c.value("global_batch_size", int64_t{0});
-        batch = e > 0 ? e : (g > 0 ? g : batch);
-      }
-    }
+    if (batch <= 0) batch = run.eval_batch_size > 0 ? run.eval_batch_size : 256;
     // The model's data fields come from the checkpoint's own record: our config.json, or for upstream
     // the dataset.json beside the checkpoint or under its data_path; the evaluated data's own
     // train/dataset.json only when neither exists.
@@ -89,7 +85,7 @@ int main(int argc, char** argv) {
     try {
       config = hrm::checkpoint_config(checkpoint, args.get("dataset-json"), batch);
     } catch (const IoError&) {
-      const std::string train_meta = dir_of(split) + "/train/dataset.json";
+      const std::string train_meta = parent_directory(split) + "/train/dataset.json";
       if (!args.get("dataset-json").empty() || !file_exists(train_meta)) throw;
       config = hrm::checkpoint_config(checkpoint, train_meta, batch);
     }
@@ -98,7 +94,7 @@ int main(int argc, char** argv) {
     model->to(device);
 
     const auto t0 = std::chrono::steady_clock::now();
-    const bool arc = file_exists(dir_of(split) + "/identifiers.json") && config.vocab_size == 12 && config.seq_len == 900;
+    const bool arc = file_exists(parent_directory(split) + "/identifiers.json") && config.vocab_size == 12 && config.seq_len == 900;
     auto result = hrm::evaluate_model(*model, dataset, batch, args.get_int("max-examples"), args.has("out") || arc);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log_info("evaluated " + std::to_string(static_cast<int64_t>(result.metrics["count"])) + " examples of " + split + " in " +
@@ -112,7 +108,7 @@ int main(int argc, char** argv) {
               {"lm_loss", result.metrics["lm_loss"]}};
     if (arc) {
       // Augmented predictions are mapped back to their task and voted (arc_eval.ipynb).
-      const std::string data_dir = dir_of(split);
+      const std::string data_dir = parent_directory(split);
       const auto names = hrm::load_identifiers(data_dir + "/identifiers.json");
       hrm::ArcScorer scorer;
       scorer.set_all_labels(hrm::load_arc_test_labels(data_dir));

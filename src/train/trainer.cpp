@@ -117,7 +117,7 @@ int64_t Trainer::resume() {
     throw FormatError(ckpt + "/trainer.json: field 'step' must be an integer");
   task_.load(ckpt);
   step_ = state["step"].get<int64_t>();
-  elapsed_before_ = state.value("elapsed_s", 0.0);
+  elapsed_s_ = state.value("elapsed_s", 0.0);
   last_checkpoint_ = ckpt;
   // Cut metrics.jsonl back to the checkpoint, so the file reads as one uninterrupted run.
   const std::string metrics = opt_.run_dir + "/metrics.jsonl";
@@ -150,7 +150,7 @@ std::string Trainer::save_checkpoint() {
   make_directories(tmp);
   try {
     task_.save(tmp);
-    write_json_file(tmp + "/trainer.json", Json{{"step", step_}, {"elapsed_s", elapsed_before_}});
+    write_json_file(tmp + "/trainer.json", Json{{"step", step_}, {"elapsed_s", elapsed_s_}});
     remove_tree(final_dir);
     rename_path(tmp, final_dir);
   } catch (...) {
@@ -175,7 +175,7 @@ std::string Trainer::save_checkpoint() {
 }
 
 void Trainer::log_metrics(const Metrics& m, const std::string& prefix) {
-  Json rec{{"step", step_}, {"elapsed_s", elapsed_before_}};
+  Json rec{{"step", step_}, {"elapsed_s", elapsed_s_}};
   for (const auto& [k, v] : m) rec[prefix + k] = std::isfinite(v) ? Json(v) : Json(nullptr);
   std::ofstream out(opt_.run_dir + "/metrics.jsonl", std::ios::app);
   out << rec.dump() << "\n";
@@ -199,14 +199,14 @@ Trainer::Outcome Trainer::run() {
   const bool tty = opt_.progress_bar && ::isatty(STDERR_FILENO);
   const int64_t first_step = step_;
   auto seconds = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
-  double checkpoint_base = elapsed_before_;
+  const double elapsed_at_start = elapsed_s_;
   Outcome outcome = Outcome::kFinished;
 
   while (step_ < last_step) {
     const double lr_factor = cosine_schedule_factor(step_ + 1, opt_.warmup_steps, total, opt_.lr_min_ratio);
     TrainTask::StepResult r = task_.train_step(step_ + 1, lr_factor);
     ++step_;
-    elapsed_before_ = checkpoint_base + seconds();
+    elapsed_s_ = elapsed_at_start + seconds();
     const double loss = metric_or(r.metrics, "loss", std::nan(""));
     if (!std::isfinite(loss))
       throw NumericError("step " + std::to_string(step_) + ": the training loss is " + std::to_string(loss) +
