@@ -9,6 +9,9 @@
 #include <hrmclara/files.h>
 #include <hrmclara/hrm.h>
 #include <hrmclara/hrm_train.h>
+#include <hrmclara/llm.h>
+#include <hrmclara/llm_config.h>
+#include <hrmclara/llm_tokenizer.h>
 #include <hrmclara/log.h>
 #include <hrmclara/npy.h>
 #include <hrmclara/optim.h>

@@ -3,6 +3,8 @@
 #include <hrmclara/errors.h>
 #include <hrmclara/hrm.h>
 
+#include "nn/transformer_ops.h"
+
 #include <torch/torch.h>
 
 #include <cfenv>
@@ -299,7 +301,10 @@ HrmModelImpl::HrmModelImpl(HrmConfig config) : config_(std::move(config)) {
     embed_pos = register_module("embed_pos", CastedEmbedding(positions, c.hidden_size, embed_std));
   } else {
     const int64_t dim = c.head_dim();
-    auto inv_freq = 1.0 / torch::pow(c.rope_theta, torch::arange(0, dim, 2, torch::kFloat) / static_cast<double>(dim));
+    nn::RopeSpec rope;  // the decoder LLM's RoPE, unscaled
+    rope.head_dim = dim;
+    rope.theta = c.rope_theta;
+    const auto inv_freq = nn::rope_inverse_frequencies(rope);
     auto freqs = torch::outer(torch::arange(positions, torch::kFloat), inv_freq);
     auto emb = torch::cat({freqs, freqs}, -1);
     cos_ = emb.cos();

@@ -1,0 +1,360 @@
+// The decoder LLM: weights under Hugging Face names, loading from (sharded) safetensors, the
+// forward pass with an optional KV cache, and embedding resizing.
+#include <hrmclara/errors.h>
+#include <hrmclara/files.h>
+#include <hrmclara/llm.h>
+#include <hrmclara/log.h>
+#include <hrmclara/tensor_io.h>
+
+#include "nn/transformer_ops.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <set>
+
+namespace hrmclara {
+
+namespace {
+
+struct LayerWeights {
+  at::Tensor input_norm, post_norm;
+  at::Tensor q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b;
+  at::Tensor gate_w, gate_b, up_w, up_b, down_w, down_b;
+};
+
+// One expected weight: its HF name, where it lives in the model and its shape.
+struct Slot {
+  std::string name;
+  at::Tensor* tensor;
+  std::vector<int64_t> shape;
+};
+
+std::string in_dir(const std::string& dir, const std::string& name) { return dir + "/" + name; }
+
+}  // namespace
+
+int64_t KvCache::capacity() const { return keys.empty() ? 0 : keys.front().size(2); }
+
+struct DecoderLM::Impl {
+  LlmConfig config;
+  c10::ScalarType dtype = c10::kFloat;
+  c10::Device device = c10::Device(c10::kCPU);
+  at::Tensor embed_tokens, final_norm, lm_head;  // lm_head undefined when tied
+  std::vector<LayerWeights> layers;
+  at::Tensor inv_freq;  // float32 on `device`
+
+  Impl(const LlmConfig& c, const LlmLoadOptions& o) : config(c), dtype(o.dtype), device(o.device), layers(c.num_hidden_layers) {
+    if (dtype != c10::kFloat && dtype != c10::kBFloat16 && dtype != c10::kHalf)
+      throw UsageError(std::string("model dtype must be float32, bfloat16 or float16, not ") + c10::toString(dtype));
+    nn::RopeSpec rope{c.head_dim, c.rope_theta, c.rope_type, c.rope_factor, c.rope_low_freq_factor,
+                      c.rope_high_freq_factor, c.rope_original_max_positions};
+    inv_freq = nn::rope_inverse_frequencies(rope).to(device);
+  }
+
+  const at::Tensor& head() const { return lm_head.defined() ? lm_head : embed_tokens; }
+
+  std::vector<Slot> slots() {
+    const auto& c = config;
+    const int64_t h = c.hidden_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim,
+                  im = c.intermediate_size;
+    std::vector<Slot> s;
+    s.push_back({"model.embed_tokens.weight", &embed_tokens, {c.vocab_size, h}});
+    for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+      auto& l = layers[i];
+      const std::string p = "model.layers." + std::to_string(i) + ".";
+      s.push_back({p + "self_attn.q_proj.weight", &l.q_w, {q, h}});
+      if (c.attention_bias) s.push_back({p + "self_attn.q_proj.bias", &l.q_b, {q}});
+      s.push_back({p + "self_attn.k_proj.weight", &l.k_w, {kv, h}});
+      if (c.attention_bias) s.push_back({p + "self_attn.k_proj.bias", &l.k_b, {kv}});
+      s.push_back({p + "self_attn.v_proj.weight", &l.v_w, {kv, h}});
+      if (c.attention_bias) s.push_back({p + "self_attn.v_proj.bias", &l.v_b, {kv}});
+      s.push_back({p + "self_attn.o_proj.weight", &l.o_w, {h, q}});
+      if (c.o_proj_bias) s.push_back({p + "self_attn.o_proj.bias", &l.o_b, {h}});
+      s.push_back({p + "mlp.gate_proj.weight", &l.gate_w, {im, h}});
+      if (c.mlp_bias) s.push_back({p + "mlp.gate_proj.bias", &l.gate_b, {im}});
+      s.push_back({p + "mlp.up_proj.weight", &l.up_w, {im, h}});
+      if (c.mlp_bias) s.push_back({p + "mlp.up_proj.bias", &l.up_b, {im}});
+      s.push_back({p + "mlp.down_proj.weight", &l.down_w, {h, im}});
+      if (c.mlp_bias) s.push_back({p + "mlp.down_proj.bias", &l.down_b, {h}});
+      s.push_back({p + "input_layernorm.weight", &l.input_norm, {h}});
+      s.push_back({p + "post_attention_layernorm.weight", &l.post_norm, {h}});
+    }
+    s.push_back({"model.norm.weight", &final_norm, {h}});
+    if (!c.tie_word_embeddings) s.push_back({"lm_head.weight", &lm_head, {c.vocab_size, h}});
+    return s;
+  }
+
+  // Cast to the model's dtype and device. On CPU a tensor already in the right dtype is kept as it
+  // is, i.e. still a view of the memory-mapped file.
+  at::Tensor place(const at::Tensor& t) const { return t.to(device, dtype); }
+
+  at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const { return at::linear(x, w, b); }
+
+  LlmForwardOutput forward(const LlmForwardInput& in, KvCache* cache, const LlmForwardOptions& opt) const;
+};
+
+DecoderLM::DecoderLM(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DecoderLM::DecoderLM(DecoderLM&&) noexcept = default;
+DecoderLM& DecoderLM::operator=(DecoderLM&&) noexcept = default;
+DecoderLM::~DecoderLM() = default;
+
+const LlmConfig& DecoderLM::config() const { return impl_->config; }
+c10::ScalarType DecoderLM::dtype() const { return impl_->dtype; }
+c10::Device DecoderLM::device() const { return impl_->device; }
+
+// ---- loading ---------------------------------------------------------------------------------
+
+DecoderLM DecoderLM::load(const std::string& model_dir, const LlmLoadOptions& options) {
+  if (!is_directory(model_dir)) throw IoError(model_dir + ": not a model directory");
+  auto impl = std::make_unique<Impl>(LlmConfig::load(in_dir(model_dir, "config.json")), options);
+
+  // The shards, in the order the index first names them, and which tensors each should hold.
+  std::vector<std::string> shards;
+  std::map<std::string, std::string> shard_of;  // tensor -> shard file name
+  const std::string index_path = in_dir(model_dir, "model.safetensors.index.json");
+  if (file_exists(index_path)) {
+    nlohmann::json index;
+    try {
+      index = nlohmann::json::parse(read_file(index_path));
+    } catch (const nlohmann::json::parse_error&) {
+      throw FormatError(index_path + ": not valid JSON");
+    }
+    if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
+      throw FormatError(index_path + ": field 'weight_map' is missing or not an object");
+    for (const auto& [name, file] : index["weight_map"].items()) {
+      if (!file.is_string()) throw FormatError(index_path + ": weight_map['" + name + "'] is not a file name");
+      const auto shard = file.get<std::string>();
+      if (shard.find('/') != std::string::npos) throw FormatError(index_path + ": shard name '" + shard + "' has a '/'");
+      if (std::find(shards.begin(), shards.end(), shard) == shards.end()) shards.push_back(shard);
+      shard_of[name] = shard;
+    }
+  } else if (file_exists(in_dir(model_dir, "model.safetensors"))) {
+    shards.push_back("model.safetensors");
+  } else {
+    throw IoError(model_dir + ": has neither model.safetensors nor model.safetensors.index.json");
+  }
+
+  std::map<std::string, Slot> expected;
+  for (auto& s : impl->slots()) expected.emplace(s.name, s);
+  std::set<std::string> loaded;
+  for (const auto& shard : shards) {
+    const std::string path = in_dir(model_dir, shard);
+    for (auto& [name, tensor] : read_safetensors(path)) {
+      const auto it = expected.find(name);
+      if (it == expected.end()) {
+        // Rotary tables some Llama exports carry are recomputed; a tied model may still store a head.
+        if (name.size() > 20 && name.compare(name.size() - 20, 20, "rotary_emb.inv_freq") == 0) continue;
+        if (name == "lm_head.weight" && impl->config.tie_word_embeddings) continue;
+        throw FormatError(path + ": unexpected tensor '" + name + "' for a " + impl->config.model_type +
+                          " model with this config.json");
+      }
+      if (!shard_of.empty() && shard_of.count(name) && shard_of[name] != shard)
+        throw FormatError(path + ": tensor '" + name + "' is listed in " + shard_of[name] + " by the index");
+      if (tensor.sizes() != c10::IntArrayRef(it->second.shape))
+        throw FormatError(path + ": tensor '" + name + "' has shape " + shape_text(tensor.sizes()) + ", expected " +
+                          shape_text(it->second.shape));
+      if (!at::isFloatingType(tensor.scalar_type()))
+        throw FormatError(path + ": tensor '" + name + "' is " + dtype_name(tensor.scalar_type()) + ", not a float type");
+      if (!loaded.insert(name).second) throw FormatError(path + ": tensor '" + name + "' appears twice");
+      *it->second.tensor = impl->place(tensor);
+    }
+  }
+  for (const auto& [name, slot] : expected)
+    if (!loaded.count(name))
+      throw FormatError(model_dir + ": tensor '" + name + "' is missing" +
+                        (shard_of.count(name) ? " from " + shard_of[name] : std::string()));
+  log_info(c10::str("loaded ", impl->config.model_type, " (", impl->config.num_hidden_layers, " layers, hidden ",
+                    impl->config.hidden_size, ", vocab ", impl->config.vocab_size, ") from ", model_dir, " as ",
+                    dtype_name(impl->dtype), " on ", impl->device.str()));
+  return DecoderLM(std::move(impl));
+}
+
+DecoderLM DecoderLM::random(const LlmConfig& config, const LlmLoadOptions& options, uint64_t seed) {
+  auto impl = std::make_unique<Impl>(config, options);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  for (auto& s : impl->slots()) {
+    const bool norm = s.name.find("norm") != std::string::npos, bias = s.name.find(".bias") != std::string::npos;
+    at::Tensor t = norm ? at::ones(s.shape) : bias ? at::zeros(s.shape) : at::normal(0.0, 0.02, s.shape, gen);
+    *s.tensor = impl->place(t);
+  }
+  return DecoderLM(std::move(impl));
+}
+
+// ---- forward ---------------------------------------------------------------------------------
+
+LlmForwardOutput DecoderLM::Impl::forward(const LlmForwardInput& in, KvCache* cache, const LlmForwardOptions& opt) const {
+  const auto& c = config;
+  if (in.input_ids.defined() == in.inputs_embeds.defined())
+    throw UsageError("forward needs exactly one of input_ids and inputs_embeds");
+  at::Tensor x;
+  if (in.input_ids.defined()) {
+    if (in.input_ids.dim() != 2 || in.input_ids.scalar_type() != at::kLong)
+      throw ShapeError("input_ids must be int64 [B, T], got " + dtype_name(in.input_ids.scalar_type()) + " " +
+                       shape_text(in.input_ids.sizes()));
+    const auto ids = in.input_ids.to(device);
+    if (ids.numel() && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= c.vocab_size))
+      throw ShapeError("input_ids hold ids outside [0, " + std::to_string(c.vocab_size) + ")");
+    x = at::embedding(embed_tokens, ids);
+  } else {
+    if (in.inputs_embeds.dim() != 3 || in.inputs_embeds.size(2) != c.hidden_size)
+      throw ShapeError("inputs_embeds must be [B, T, " + std::to_string(c.hidden_size) + "], got " +
+                       shape_text(in.inputs_embeds.sizes()));
+    x = in.inputs_embeds.to(device, dtype);
+  }
+  const int64_t B = x.size(0), T = x.size(1);
+  const int64_t offset = cache ? cache->length : 0;
+  if (cache) {
+    if (cache->keys.size() != layers.size() || cache->key_mask.size(0) != B)
+      throw ShapeError("KV cache was made for another model or batch size");
+    if (offset + T > cache->capacity())
+      throw UsageError("KV cache holds " + std::to_string(cache->capacity()) + " positions; " +
+                       std::to_string(offset + T) + " needed");
+  }
+
+  // Key validity over every key this forward attends to.
+  at::Tensor new_valid;  // [B, T] bool for the new positions
+  if (in.attention_mask.defined()) {
+    const auto m = in.attention_mask.to(device);
+    if (m.dim() != 2 || m.size(0) != B || (m.size(1) != T && m.size(1) != offset + T))
+      throw ShapeError("attention_mask must be [B, T] or [B, cache + T] = [" + std::to_string(B) + ", " +
+                       std::to_string(T) + "], got " + shape_text(m.sizes()));
+    new_valid = m.narrow(1, m.size(1) - T, T).ne(0);
+  } else {
+    new_valid = at::ones({B, T}, at::TensorOptions().dtype(at::kBool).device(device));
+  }
+  at::Tensor key_valid = new_valid;
+  if (cache) {
+    cache->key_mask.narrow(1, offset, T).copy_(new_valid);
+    key_valid = cache->key_mask.narrow(1, 0, offset + T);
+  }
+  const bool all_valid = key_valid.all().item<bool>();
+
+  at::Tensor positions = in.position_ids;
+  if (positions.defined()) {
+    if (positions.dim() != 2 || positions.size(0) != B || positions.size(1) != T)
+      throw ShapeError("position_ids must be [B, T], got " + shape_text(positions.sizes()));
+    positions = positions.to(device, at::kLong);
+  } else {
+    positions = (at::arange(T, at::TensorOptions().dtype(at::kLong).device(device)) + offset).unsqueeze(0).expand({B, T});
+  }
+  const auto [cos, sin] = nn::rope_cos_sin(inv_freq, positions, dtype);
+  const auto mask = nn::attention_mask(key_valid, T, offset, c.sliding_window, all_valid);
+
+  LlmForwardOutput out;
+  if (opt.all_hidden_states) out.hidden_states.push_back(x);
+  const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto& l = layers[i];
+    const auto h = nn::rms_norm(x, l.input_norm, c.rms_norm_eps);
+    auto q = linear(h, l.q_w, l.q_b).view({B, T, nh, hd}).transpose(1, 2);
+    auto k = linear(h, l.k_w, l.k_b).view({B, T, nkv, hd}).transpose(1, 2);
+    auto v = linear(h, l.v_w, l.v_b).view({B, T, nkv, hd}).transpose(1, 2);
+    q = nn::apply_rope(q, cos, sin);
+    k = nn::apply_rope(k, cos, sin);
+    if (cache) {
+      cache->keys[i].narrow(2, offset, T).copy_(k);
+      cache->values[i].narrow(2, offset, T).copy_(v);
+      k = cache->keys[i].narrow(2, 0, offset + T);
+      v = cache->values[i].narrow(2, 0, offset + T);
+    }
+    const auto attn = nn::attention(q, k, v, mask).transpose(1, 2).reshape({B, T, nh * hd});
+    x = x + linear(attn, l.o_w, l.o_b);
+    const auto h2 = nn::rms_norm(x, l.post_norm, c.rms_norm_eps);
+    x = x + nn::swiglu_mlp(h2, l.gate_w, l.gate_b, l.up_w, l.up_b, l.down_w, l.down_b);
+    if (opt.all_hidden_states && i + 1 < layers.size()) out.hidden_states.push_back(x);
+  }
+  if (cache) cache->length = offset + T;
+  out.hidden_last = nn::rms_norm(x, final_norm, c.rms_norm_eps);
+  if (opt.all_hidden_states) out.hidden_states.push_back(out.hidden_last);
+  if (opt.logits) {
+    const auto h = opt.last_position_only ? out.hidden_last.narrow(1, T - 1, 1) : out.hidden_last;
+    out.logits = at::linear(h, head()).to(at::kFloat);
+  }
+  return out;
+}
+
+LlmForwardOutput DecoderLM::forward(const LlmForwardInput& input, KvCache* cache, const LlmForwardOptions& options) const {
+  return impl_->forward(input, cache, options);
+}
+
+at::Tensor DecoderLM::embed(const at::Tensor& input_ids) const {
+  return at::embedding(impl_->embed_tokens, input_ids.to(impl_->device, at::kLong));
+}
+
+KvCache DecoderLM::new_cache(int64_t batch, int64_t capacity) const {
+  const auto& c = impl_->config;
+  KvCache cache;
+  const auto opts = at::TensorOptions().dtype(impl_->dtype).device(impl_->device);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    cache.keys.push_back(at::empty({batch, c.num_key_value_heads, capacity, c.head_dim}, opts));
+    cache.values.push_back(at::empty({batch, c.num_key_value_heads, capacity, c.head_dim}, opts));
+  }
+  cache.key_mask = at::zeros({batch, capacity}, at::TensorOptions().dtype(at::kBool).device(impl_->device));
+  return cache;
+}
+
+// ---- weights by name -------------------------------------------------------------------------
+
+NamedTensors DecoderLM::named_weights() const {
+  NamedTensors out;
+  for (const auto& s : impl_->slots()) out.emplace_back(s.name, *s.tensor);
+  return out;
+}
+
+at::Tensor DecoderLM::weight(const std::string& hf_name) const {
+  for (const auto& s : impl_->slots())
+    if (s.name == hf_name) return *s.tensor;
+  throw UsageError("the model has no weight '" + hf_name + "'");
+}
+
+void DecoderLM::set_weight(const std::string& hf_name, const at::Tensor& value) {
+  for (auto& s : impl_->slots()) {
+    if (s.name != hf_name) continue;
+    if (value.sizes() != c10::IntArrayRef(s.shape))
+      throw FormatError("weight '" + hf_name + "' must have shape " + shape_text(s.shape) + ", got " +
+                        shape_text(value.sizes()));
+    *s.tensor = impl_->place(value);
+    return;
+  }
+  throw UsageError("the model has no weight '" + hf_name + "'");
+}
+
+// ---- embedding resize ------------------------------------------------------------------------
+
+namespace {
+
+// transformers' mean/covariance initialisation of added rows.
+at::Tensor resized_rows(const at::Tensor& old, int64_t new_rows, at::Generator& gen) {
+  const int64_t old_rows = old.size(0);
+  if (new_rows <= old_rows) return old.narrow(0, 0, new_rows).clone();
+  const auto w = old.to(at::kCPU, at::kFloat);
+  const auto mean = w.mean(0);
+  const auto centered = w - mean;
+  const auto covariance = centered.t().matmul(centered) / static_cast<double>(old_rows);
+  const auto [chol, info] = at::linalg_cholesky_ex(1e-9 * covariance);
+  const int64_t added = new_rows - old_rows;
+  at::Tensor rows;
+  if (info.item<int64_t>() == 0) {
+    const auto z = at::normal(0.0, 1.0, {added, w.size(1)}, gen);
+    rows = mean + z.matmul(chol.t());
+  } else {
+    rows = mean.unsqueeze(0).expand({added, w.size(1)});
+  }
+  return at::cat({old, rows.to(old.device(), old.scalar_type())}, 0);
+}
+
+}  // namespace
+
+void DecoderLM::resize_token_embeddings(int64_t new_vocab_size, uint64_t seed) {
+  if (new_vocab_size <= 0) throw UsageError("vocabulary size must be positive");
+  auto& m = *impl_;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  m.embed_tokens = resized_rows(m.embed_tokens, new_vocab_size, gen);
+  if (m.lm_head.defined()) m.lm_head = resized_rows(m.lm_head, new_vocab_size, gen);
+  m.config.vocab_size = new_vocab_size;
+}
+
+}  // namespace hrmclara
