@@ -270,8 +270,11 @@ LlmForwardOutput DecoderLM::Impl::forward(const LlmForwardInput& in, KvCache* ca
   out.hidden_last = nn::rms_norm(x, final_norm, c.rms_norm_eps);
   if (opt.all_hidden_states) out.hidden_states.push_back(out.hidden_last);
   if (opt.logits) {
-    const auto h = opt.last_position_only ? out.hidden_last.narrow(1, T - 1, 1) : out.hidden_last;
-    out.logits = at::linear(h, head()).to(at::kFloat);
+    // The last position as a 2-D [B, H] matrix: a [B, 1, H] slice keeps the sequence's strides,
+    // which sends bf16 matmul down a batched path that copies the whole transposed lm_head.
+    out.logits = opt.last_position_only ? at::linear(out.hidden_last.select(1, T - 1), head()).unsqueeze(1)
+                                        : at::linear(out.hidden_last, head());
+    out.logits = out.logits.to(at::kFloat);
   }
   return out;
 }
