@@ -183,11 +183,11 @@ TEST(LlmParity, Bfloat16StaysWithinTheReferenceBf16Deviation) {
   const auto out = model.forward(batch_input());
   const auto keep = e["attention_mask"].ne(0);
   const auto diff = (out.logits - e["logits.batch"]).abs().masked_select(keep.unsqueeze(-1).expand_as(out.logits));
-  // The README's HF-style bf16 run: max 0.156, mean 0.0233.
-  EXPECT_LT(diff.max().item<double>(), 0.35);
-  EXPECT_LT(diff.mean().item<double>(), 0.05);
+  // The README's HF-style bf16 run deviates by max 0.156, mean 0.0233 (we measured 0.156 / 0.021).
+  EXPECT_LT(diff.max().item<double>(), 0.25);
+  EXPECT_LT(diff.mean().item<double>(), 0.035);
   const auto agree = out.logits.argmax(-1).eq(e["logits.batch"].argmax(-1)).masked_select(keep);
-  EXPECT_GT(agree.to(torch::kFloat).mean().item<double>(), 0.9);
+  EXPECT_GT(agree.to(torch::kFloat).mean().item<double>(), 0.95);
   EXPECT_EQ(out.hidden_last.scalar_type(), torch::kBFloat16);
   EXPECT_EQ(out.logits.scalar_type(), torch::kFloat);
 }
