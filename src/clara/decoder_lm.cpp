@@ -177,7 +177,9 @@ DecoderLM DecoderLM::random(const LlmConfig& config, const LlmLoadOptions& optio
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   for (auto& s : impl->slots()) {
     const bool norm = s.name.find("norm") != std::string::npos, bias = s.name.find(".bias") != std::string::npos;
-    at::Tensor t = norm ? at::ones(s.shape) : bias ? at::zeros(s.shape) : at::normal(0.0, 0.02, s.shape, gen);
+    // Drawn in the model's dtype: a float32 draw would double a bf16 model's peak memory.
+    const auto opts = at::TensorOptions().dtype(impl->dtype);
+    at::Tensor t = norm ? at::ones(s.shape, opts) : bias ? at::zeros(s.shape, opts) : at::empty(s.shape, opts).normal_(0.0, 0.02, gen);
     *s.tensor = impl->place(t);
   }
   return DecoderLM(std::move(impl));

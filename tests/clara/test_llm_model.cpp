@@ -368,6 +368,40 @@ TEST(LlmModel, SavedRandomModelsReloadIdenticallyIncludingTiedHeadsAndQwenBiases
   }
 }
 
+TEST(LlmModel, SlidingWindowLimitsWhatOneLayerSees) {
+  // With one layer, position t attends to t-w+1..t only, and RoPE is relative: its logits equal
+  // those of the last w tokens run alone. The cache must apply the same window.
+  LlmConfig c = LlmConfig::load(kModelDir + "/config.json");
+  c.num_hidden_layers = 1;
+  c.sliding_window = 4;
+  const auto model = DecoderLM::random(c, {}, 11);
+  torch::InferenceMode guard;
+  LlmForwardInput in;
+  in.input_ids = torch::randint(3, 647, {1, 10}, torch::kLong);
+  const auto full = model.forward(in).logits;
+  for (int64_t t = 4; t < 10; ++t) {
+    LlmForwardInput tail;
+    tail.input_ids = in.input_ids.narrow(1, t - 3, 4);
+    const auto alone = model.forward(tail).logits.select(1, 3);
+    EXPECT_LT((alone - full.select(1, t)).abs().max().item<double>(), 1e-4) << "position " << t;
+  }
+  auto cache = model.new_cache(1, 10);
+  std::vector<torch::Tensor> steps;
+  for (int64_t t = 0; t < 10; ++t) {
+    LlmForwardInput step;
+    step.input_ids = in.input_ids.narrow(1, t, 1);
+    steps.push_back(model.forward(step, &cache).logits);
+  }
+  EXPECT_LT((torch::cat(steps, 1) - full).abs().max().item<double>(), 1e-4);
+  // Without the window the early tokens matter.
+  LlmConfig wide = c;
+  wide.sliding_window = 0;
+  LlmForwardInput tail;
+  tail.input_ids = in.input_ids.narrow(1, 6, 4);
+  const auto unwindowed = DecoderLM::random(wide, {}, 11);
+  EXPECT_GT((unwindowed.forward(in).logits.select(1, 9) - unwindowed.forward(tail).logits.select(1, 3)).abs().max().item<double>(), 1e-3);
+}
+
 // ---- the loader --------------------------------------------------------------------------------
 
 namespace {
