@@ -13,6 +13,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -117,6 +118,9 @@ struct GenerationOptions {
   std::vector<int64_t> eos_token_ids;  // empty: the config's
   int64_t pad_token_id = -1;    // written after a row has stopped; -1: the config's pad, else EOS
   bool use_cache = true;        // false: recompute the whole sequence every step
+  // Called after every step with that step's tokens [B] (CPU int64; pad for stopped rows), e.g.
+  // to stream text. Returning false ends generation after this step.
+  std::function<bool(int64_t step, const at::Tensor& tokens)> on_step;
 };
 
 struct GenerationResult {

@@ -87,7 +87,8 @@ GenerationResult run_generation(const DecoderLM& model, const at::Tensor& prompt
       r.prefill_seconds = seconds_since(t0);
       t0 = std::chrono::steady_clock::now();
     }
-    if (step + 1 == N || finished.all().item<bool>()) break;
+    const bool go_on = !o.on_step || o.on_step(step, next);
+    if (!go_on || step + 1 == N || finished.all().item<bool>()) break;
 
     const auto next_dev = next.to(device).unsqueeze(1);
     const auto ones = at::ones({B, 1}, mask.options());

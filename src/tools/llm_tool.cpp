@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include <iostream>
+#include <algorithm>
 #include <map>
 #include <numeric>
 #include <optional>
@@ -236,7 +237,29 @@ int cmd_generate(int argc, char** argv) {
     ids = at::tensor(std::vector<int64_t>(encoded.begin(), encoded.end()), at::kLong).unsqueeze(0);
   }
   const auto model = load_model(args);
-  const auto options = generation_options(args, model.config());
+  auto options = generation_options(args, model.config());
+  // --prompt streams the text as it is generated: each step re-decodes the whole continuation
+  // and prints what is new.
+  std::vector<int> generated_ids;
+  std::string printed;
+  if (tokenizer) {
+    options.on_step = [&](int64_t, const at::Tensor& tokens) {
+      const int64_t id = tokens[0].item<int64_t>();
+      const auto& eos = options.eos_token_ids.empty() ? model.config().eos_token_ids : options.eos_token_ids;
+      if (options.stop_at_eos && std::find(eos.begin(), eos.end(), id) != eos.end()) return true;
+      generated_ids.push_back(static_cast<int>(id));
+      const std::string text = tokenizer->decode(generated_ids, /*skip_special_tokens=*/true);
+      // A run of byte pieces decodes as a whole (valid UTF-8, or U+FFFD for every byte), so
+      // nothing is printed while the newest token may still extend such a run.
+      const std::string piece = tokenizer->id_to_token(static_cast<int>(id));
+      const bool in_byte_run = piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && piece.back() == '>';
+      if (!in_byte_run && text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
+        std::cout << text.substr(printed.size()) << std::flush;
+        printed = text;
+      }
+      return true;
+    };
+  }
   const auto result = generate(model, ids, mask, options);
   const int64_t generated = std::accumulate(result.lengths.begin(), result.lengths.end(), int64_t{0});
   const double decode_rate =
@@ -246,9 +269,12 @@ int cmd_generate(int argc, char** argv) {
   if (args.has("in")) {
     write_safetensors(args.get("out"), {{"output_ids", result.tokens}});
   } else {
-    const auto row = result.tokens.select(0, 0);
-    std::vector<int> out(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + result.lengths[0]);
-    std::cout << tokenizer->decode(out, /*skip_special_tokens=*/true) << "\n";
+    const std::string text = tokenizer->decode(generated_ids, /*skip_special_tokens=*/true);
+    if (text.compare(0, printed.size(), printed) == 0) {
+      std::cout << text.substr(printed.size()) << "\n";
+    } else {  // a later piece rewrote earlier text (not seen with SentencePiece); print it whole
+      std::cout << "\n" << text << "\n";
+    }
   }
   return 0;
 }
