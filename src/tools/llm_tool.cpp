@@ -108,7 +108,8 @@ int cmd_forward(int argc, char** argv) {
   set_log_level(args.get("log-level"));
   const std::string in_path = args.require("in"), out_path = args.require("out");
   auto t = read_inputs(in_path);
-  const auto model = load_model(args);
+  // The inputs are checked against config.json before the (possibly large) weights are loaded.
+  const auto config = LlmConfig::load(args.require("model") + "/config.json");
 
   LlmForwardInput in;
   if (t.count("input_ids") == t.count("inputs_embeds"))
@@ -123,14 +124,15 @@ int cmd_forward(int argc, char** argv) {
     const auto& e = t["inputs_embeds"];
     if (!at::isFloatingType(e.scalar_type()))
       throw FormatError(in_path + ": tensor 'inputs_embeds' must be a float tensor, not " + dtype_name(e.scalar_type()));
-    if (e.dim() != 3 || e.size(2) != model.config().hidden_size)
-      throw ShapeError(in_path + ": tensor 'inputs_embeds' must be [B, T, " + std::to_string(model.config().hidden_size) +
+    if (e.dim() != 3 || e.size(2) != config.hidden_size)
+      throw ShapeError(in_path + ": tensor 'inputs_embeds' must be [B, T, " + std::to_string(config.hidden_size) +
                        "], got " + shape_text(e.sizes()));
     B = e.size(0), T = e.size(1);
     in.inputs_embeds = e;
   }
   if (t.count("attention_mask")) in.attention_mask = require_integer(t, in_path, "attention_mask", B, T);
   if (t.count("position_ids")) in.position_ids = require_integer(t, in_path, "position_ids", B, T);
+  const auto model = load_model(args);
 
   c10::InferenceMode inference;
   LlmForwardOptions options;
@@ -147,7 +149,7 @@ int cmd_forward(int argc, char** argv) {
 }
 
 // Decoding settings: transformers' defaults, then generation_config.json, then the flags.
-GenerationOptions generation_options(const ArgParser& args, const LlmConfig& config) {
+GenerationOptions generation_options(const ArgParser& args) {
   GenerationOptions o;
   o.top_k = 50;
   const std::string gen_path = args.get("model") + "/generation_config.json";
@@ -182,7 +184,6 @@ GenerationOptions generation_options(const ArgParser& args, const LlmConfig& con
   o.stop_at_eos = !args.has("ignore-eos");
   o.use_cache = !args.has("no-cache");
   if (o.max_new_tokens < 0) throw UsageError("--max-new-tokens must not be negative");
-  (void)config;
   return o;
 }
 
@@ -237,7 +238,7 @@ int cmd_generate(int argc, char** argv) {
     ids = at::tensor(std::vector<int64_t>(encoded.begin(), encoded.end()), at::kLong).unsqueeze(0);
   }
   const auto model = load_model(args);
-  auto options = generation_options(args, model.config());
+  auto options = generation_options(args);
   // --prompt streams the text as it is generated: each step re-decodes the whole continuation
   // and prints what is new.
   std::vector<int> generated_ids;
