@@ -55,4 +55,7 @@ int run_main(const std::string& program, const std::function<int()>& body);
 // The first line of an exception message (LibTorch's messages carry backtraces).
 std::string first_line(const std::string& text);
 
+// The process's peak resident memory so far, in MiB (what the benchmark tools report).
+double peak_rss_mb();
+
 }  // namespace hrmclara

@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -34,6 +35,13 @@ NamedTensors read_safetensors(const std::string& path,
 
 // Reads every shard named by a `*.safetensors.index.json` (weight_map), in the index's order.
 NamedTensors read_safetensors_index(const std::string& index_path);
+
+// Reads the shards of an index one at a time, in the order the index first names them, and hands
+// each shard's tensors that the index assigns to it to `visit` before the next shard is mapped.
+// A caller that converts or copies the tensors thus keeps only one shard mapped at a time.
+// Throws FormatError for a tensor the index assigns to a shard that lacks it.
+void for_each_safetensors_shard(const std::string& index_path,
+                                const std::function<void(const std::string& shard_path, NamedTensors& tensors)>& visit);
 
 // Writes tensors (any device; contiguous CPU copies are made as needed) atomically.
 void write_safetensors(const std::string& path, const NamedTensors& tensors,

@@ -10,7 +10,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <nlohmann/json.hpp>
 
 #include <map>
 #include <set>
@@ -61,24 +60,22 @@ struct DecoderLM::Impl {
     const int64_t h = c.hidden_size, q = c.num_attention_heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim,
                   im = c.intermediate_size;
     std::vector<Slot> s;
+    // A projection's weight [out, in] and, when the config has one, its bias [out].
+    auto projection = [&](const std::string& name, at::Tensor& w, at::Tensor& b, int64_t out, int64_t in, bool bias) {
+      s.push_back({name + ".weight", &w, {out, in}});
+      if (bias) s.push_back({name + ".bias", &b, {out}});
+    };
     s.push_back({"model.embed_tokens.weight", &embed_tokens, {c.vocab_size, h}});
     for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
       auto& l = layers[i];
       const std::string p = "model.layers." + std::to_string(i) + ".";
-      s.push_back({p + "self_attn.q_proj.weight", &l.q_w, {q, h}});
-      if (c.attention_bias) s.push_back({p + "self_attn.q_proj.bias", &l.q_b, {q}});
-      s.push_back({p + "self_attn.k_proj.weight", &l.k_w, {kv, h}});
-      if (c.attention_bias) s.push_back({p + "self_attn.k_proj.bias", &l.k_b, {kv}});
-      s.push_back({p + "self_attn.v_proj.weight", &l.v_w, {kv, h}});
-      if (c.attention_bias) s.push_back({p + "self_attn.v_proj.bias", &l.v_b, {kv}});
-      s.push_back({p + "self_attn.o_proj.weight", &l.o_w, {h, q}});
-      if (c.o_proj_bias) s.push_back({p + "self_attn.o_proj.bias", &l.o_b, {h}});
-      s.push_back({p + "mlp.gate_proj.weight", &l.gate_w, {im, h}});
-      if (c.mlp_bias) s.push_back({p + "mlp.gate_proj.bias", &l.gate_b, {im}});
-      s.push_back({p + "mlp.up_proj.weight", &l.up_w, {im, h}});
-      if (c.mlp_bias) s.push_back({p + "mlp.up_proj.bias", &l.up_b, {im}});
-      s.push_back({p + "mlp.down_proj.weight", &l.down_w, {h, im}});
-      if (c.mlp_bias) s.push_back({p + "mlp.down_proj.bias", &l.down_b, {h}});
+      projection(p + "self_attn.q_proj", l.q_w, l.q_b, q, h, c.attention_bias);
+      projection(p + "self_attn.k_proj", l.k_w, l.k_b, kv, h, c.attention_bias);
+      projection(p + "self_attn.v_proj", l.v_w, l.v_b, kv, h, c.attention_bias);
+      projection(p + "self_attn.o_proj", l.o_w, l.o_b, h, q, c.o_proj_bias);
+      projection(p + "mlp.gate_proj", l.gate_w, l.gate_b, im, h, c.mlp_bias);
+      projection(p + "mlp.up_proj", l.up_w, l.up_b, im, h, c.mlp_bias);
+      projection(p + "mlp.down_proj", l.down_w, l.down_b, h, im, c.mlp_bias);
       s.push_back({p + "input_layernorm.weight", &l.input_norm, {h}});
       s.push_back({p + "post_attention_layernorm.weight", &l.post_norm, {h}});
     }
@@ -90,8 +87,6 @@ struct DecoderLM::Impl {
   // Cast to the model's dtype and device. On CPU a tensor already in the right dtype is kept as it
   // is, i.e. still a view of the memory-mapped file.
   at::Tensor place(const at::Tensor& t) const { return t.to(device, dtype); }
-
-  at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) const { return at::linear(x, w, b); }
 
   LlmForwardOutput forward(const LlmForwardInput& in, KvCache* cache, const LlmForwardOptions& opt) const;
 };
@@ -111,48 +106,20 @@ DecoderLM DecoderLM::load(const std::string& model_dir, const LlmLoadOptions& op
   if (!is_directory(model_dir)) throw IoError(model_dir + ": not a model directory");
   auto impl = std::make_unique<Impl>(LlmConfig::load(in_dir(model_dir, "config.json")), options);
 
-  // The shards, in the order the index first names them, and which tensors each should hold.
-  std::vector<std::string> shards;
-  std::map<std::string, std::string> shard_of;  // tensor -> shard file name
-  const std::string index_path = in_dir(model_dir, "model.safetensors.index.json");
-  if (file_exists(index_path)) {
-    nlohmann::json index;
-    try {
-      index = nlohmann::json::parse(read_file(index_path));
-    } catch (const nlohmann::json::parse_error&) {
-      throw FormatError(index_path + ": not valid JSON");
-    }
-    if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
-      throw FormatError(index_path + ": field 'weight_map' is missing or not an object");
-    for (const auto& [name, file] : index["weight_map"].items()) {
-      if (!file.is_string()) throw FormatError(index_path + ": weight_map['" + name + "'] is not a file name");
-      const auto shard = file.get<std::string>();
-      if (shard.find('/') != std::string::npos) throw FormatError(index_path + ": shard name '" + shard + "' has a '/'");
-      if (std::find(shards.begin(), shards.end(), shard) == shards.end()) shards.push_back(shard);
-      shard_of[name] = shard;
-    }
-  } else if (file_exists(in_dir(model_dir, "model.safetensors"))) {
-    shards.push_back("model.safetensors");
-  } else {
-    throw IoError(model_dir + ": has neither model.safetensors nor model.safetensors.index.json");
-  }
-
   std::map<std::string, Slot> expected;
   for (auto& s : impl->slots()) expected.emplace(s.name, s);
   std::set<std::string> loaded;
-  for (const auto& shard : shards) {
-    const std::string path = in_dir(model_dir, shard);
-    for (auto& [name, tensor] : read_safetensors(path)) {
+  auto take_shard = [&](const std::string& path, NamedTensors& tensors) {
+    for (auto& [name, tensor] : tensors) {
       const auto it = expected.find(name);
       if (it == expected.end()) {
         // Rotary tables some Llama exports carry are recomputed; a tied model may still store a head.
-        if (name.size() > 20 && name.compare(name.size() - 20, 20, "rotary_emb.inv_freq") == 0) continue;
+        const std::string rotary = "rotary_emb.inv_freq";
+        if (name.size() >= rotary.size() && name.compare(name.size() - rotary.size(), rotary.size(), rotary) == 0) continue;
         if (name == "lm_head.weight" && impl->config.tie_word_embeddings) continue;
         throw FormatError(path + ": unexpected tensor '" + name + "' for a " + impl->config.model_type +
                           " model with this config.json");
       }
-      if (!shard_of.empty() && shard_of.count(name) && shard_of[name] != shard)
-        throw FormatError(path + ": tensor '" + name + "' is listed in " + shard_of[name] + " by the index");
       if (tensor.sizes() != c10::IntArrayRef(it->second.shape))
         throw FormatError(path + ": tensor '" + name + "' has shape " + shape_text(tensor.sizes()) + ", expected " +
                           shape_text(it->second.shape));
@@ -161,11 +128,20 @@ DecoderLM DecoderLM::load(const std::string& model_dir, const LlmLoadOptions& op
       if (!loaded.insert(name).second) throw FormatError(path + ": tensor '" + name + "' appears twice");
       *it->second.tensor = impl->place(tensor);
     }
+  };
+  // One shard at a time: each shard's mapping is released once its tensors are placed.
+  const std::string index_path = in_dir(model_dir, "model.safetensors.index.json");
+  const std::string single_path = in_dir(model_dir, "model.safetensors");
+  if (file_exists(index_path)) {
+    for_each_safetensors_shard(index_path, take_shard);
+  } else if (file_exists(single_path)) {
+    auto tensors = read_safetensors(single_path);
+    take_shard(single_path, tensors);
+  } else {
+    throw IoError(model_dir + ": has neither model.safetensors nor model.safetensors.index.json");
   }
   for (const auto& [name, slot] : expected)
-    if (!loaded.count(name))
-      throw FormatError(model_dir + ": tensor '" + name + "' is missing" +
-                        (shard_of.count(name) ? " from " + shard_of[name] : std::string()));
+    if (!loaded.count(name)) throw FormatError(model_dir + ": tensor '" + name + "' is missing");
   log_info(c10::str("loaded ", impl->config.model_type, " (", impl->config.num_hidden_layers, " layers, hidden ",
                     impl->config.hidden_size, ", vocab ", impl->config.vocab_size, ") from ", model_dir, " as ",
                     dtype_name(impl->dtype), " on ", impl->device.str()));
@@ -197,7 +173,7 @@ LlmForwardOutput DecoderLM::Impl::forward(const LlmForwardInput& in, KvCache* ca
       throw ShapeError("input_ids must be int64 [B, T], got " + dtype_name(in.input_ids.scalar_type()) + " " +
                        shape_text(in.input_ids.sizes()));
     const auto ids = in.input_ids.to(device);
-    if (ids.numel() && (ids.min().item<int64_t>() < 0 || ids.max().item<int64_t>() >= c.vocab_size))
+    if (ids.lt(0).logical_or(ids.ge(c.vocab_size)).any().item<bool>())  // one pass, one host sync
       throw ShapeError("input_ids hold ids outside [0, " + std::to_string(c.vocab_size) + ")");
     x = at::embedding(embed_tokens, ids);
   } else {
@@ -251,9 +227,9 @@ LlmForwardOutput DecoderLM::Impl::forward(const LlmForwardInput& in, KvCache* ca
   for (size_t i = 0; i < layers.size(); ++i) {
     const auto& l = layers[i];
     const auto h = nn::rms_norm(x, l.input_norm, c.rms_norm_eps);
-    auto q = linear(h, l.q_w, l.q_b).view({B, T, nh, hd}).transpose(1, 2);
-    auto k = linear(h, l.k_w, l.k_b).view({B, T, nkv, hd}).transpose(1, 2);
-    auto v = linear(h, l.v_w, l.v_b).view({B, T, nkv, hd}).transpose(1, 2);
+    auto q = at::linear(h, l.q_w, l.q_b).view({B, T, nh, hd}).transpose(1, 2);
+    auto k = at::linear(h, l.k_w, l.k_b).view({B, T, nkv, hd}).transpose(1, 2);
+    auto v = at::linear(h, l.v_w, l.v_b).view({B, T, nkv, hd}).transpose(1, 2);
     q = nn::apply_rope(q, cos, sin);
     k = nn::apply_rope(k, cos, sin);
     if (cache) {
@@ -263,7 +239,7 @@ LlmForwardOutput DecoderLM::Impl::forward(const LlmForwardInput& in, KvCache* ca
       v = cache->values[i].narrow(2, 0, offset + T);
     }
     const auto attn = nn::attention(q, k, v, mask).transpose(1, 2).reshape({B, T, nh * hd});
-    x = x + linear(attn, l.o_w, l.o_b);
+    x = x + at::linear(attn, l.o_w, l.o_b);
     const auto h2 = nn::rms_norm(x, l.post_norm, c.rms_norm_eps);
     x = x + nn::swiglu_mlp(h2, l.gate_w, l.gate_b, l.up_w, l.up_b, l.down_w, l.down_b);
     if (opt.all_hidden_states && i + 1 < layers.size()) out.hidden_states.push_back(x);

@@ -2,6 +2,7 @@
 // left-padded prompts, with or without the KV cache.
 #include <hrmclara/errors.h>
 #include <hrmclara/llm.h>
+#include <hrmclara/tensor_io.h>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -36,10 +37,11 @@ GenerationResult run_generation(const DecoderLM& model, const at::Tensor& prompt
   c10::InferenceMode inference;
   const auto& c = model.config();
   const auto device = model.device();
+  // dtypes and the hidden size are the forward's to check; B and T are needed here.
   const auto& prompt = prompt_ids.defined() ? prompt_ids : prompt_embeds;
-  if (prompt_ids.defined() && (prompt_ids.dim() != 2 || prompt_ids.scalar_type() != at::kLong))
-    throw ShapeError("input_ids must be int64 [B, T], got " + std::string(c10::toString(prompt_ids.scalar_type())));
-  if (prompt_embeds.defined() && prompt_embeds.dim() != 3) throw ShapeError("inputs_embeds must be [B, T, H]");
+  if (prompt.dim() != (prompt_ids.defined() ? 2 : 3))
+    throw ShapeError(std::string(prompt_ids.defined() ? "input_ids must be [B, T]" : "inputs_embeds must be [B, T, H]") +
+                     ", got " + shape_text(prompt.sizes()));
   const int64_t B = prompt.size(0), T = prompt.size(1), N = o.max_new_tokens;
   if (T == 0) throw ShapeError("the prompt is empty");
   at::Tensor mask = attention_mask.defined() ? attention_mask.to(device, at::kLong)
@@ -56,6 +58,7 @@ GenerationResult run_generation(const DecoderLM& model, const at::Tensor& prompt
   r.lengths.assign(B, 0);
   if (N == 0) return r;
   auto finished = at::zeros({B}, at::kBool);
+  auto lengths = at::zeros({B}, at::kLong);
   auto generator = at::make_generator<at::CPUGeneratorImpl>(o.seed);
 
   at::Tensor positions = generate_positions(mask);
@@ -78,9 +81,7 @@ GenerationResult run_generation(const DecoderLM& model, const at::Tensor& prompt
     at::Tensor next = select_next_tokens(logits, o, generator);  // [B] on CPU
     next = at::where(finished, at::full_like(next, pad), next);
     r.tokens.select(1, step).copy_(next);
-    const auto active = finished.logical_not();
-    for (int64_t b = 0; b < B; ++b)
-      if (active[b].item<bool>()) ++r.lengths[b];
+    lengths.add_(finished.logical_not());
     if (o.stop_at_eos) finished = finished.logical_or(at::isin(next, eos_ids));
     r.steps = step + 1;
     if (step == 0) {
@@ -116,6 +117,7 @@ GenerationResult run_generation(const DecoderLM& model, const at::Tensor& prompt
     }
   }
   if (r.steps > 1) r.decode_seconds = seconds_since(t0);
+  r.lengths.assign(lengths.data_ptr<int64_t>(), lengths.data_ptr<int64_t>() + B);
   return r;
 }
 

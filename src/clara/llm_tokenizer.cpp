@@ -1,6 +1,7 @@
 // The LLM tokenizer: SentencePiece plus Hugging Face added tokens and the Mistral-instruct chat
 // template. See llm_tokenizer.h for the semantics reproduced (transformers 4.56 / tokenizers 0.22
 // with a legacy Mistral tokenizer.json). No torch here.
+#include <hrmclara/config.h>
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
 #include <hrmclara/llm_tokenizer.h>
@@ -16,24 +17,13 @@ namespace hrmclara {
 
 namespace {
 
-using Json = nlohmann::json;
-
 const std::string kSpaceMarker = "\xE2\x96\x81";      // '▁', SentencePiece's space
 const std::string kReplacementChar = "\xEF\xBF\xBD";  // U+FFFD
 
 // ---- JSON fields ------------------------------------------------------------------------------
 
 Json read_json_object(const std::string& path) {
-  Json j;
-  try {
-    j = Json::parse(read_file(path));
-  } catch (const Json::parse_error& e) {
-    std::string why = e.what();
-    const size_t bracket = why.find("] ");  // drop nlohmann's "[json.exception.parse_error.101] "
-    if (why.rfind("[json.exception", 0) == 0 && bracket != std::string::npos) why = why.substr(bracket + 2);
-    std::replace(why.begin(), why.end(), '\n', ' ');
-    throw FormatError(path + ": not valid JSON (" + why.substr(0, 160) + ")");
-  }
+  Json j = read_json_file(path);
   if (!j.is_object()) throw FormatError(path + ": expected a JSON object at the top level");
   return j;
 }

@@ -2,6 +2,8 @@
 #include <hrmclara/errors.h>
 #include <hrmclara/log.h>
 
+#include <sys/resource.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -137,6 +139,16 @@ int run_main(const std::string& program, const std::function<int()>& body) {
     std::cerr << program << ": error: " << first_line(e.what()) << std::endl;
     return static_cast<int>(ExitCode::kFailure);
   }
+}
+
+double peak_rss_mb() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+#ifdef __APPLE__
+  return usage.ru_maxrss / 1048576.0;  // bytes
+#else
+  return usage.ru_maxrss / 1024.0;  // KiB
+#endif
 }
 
 }  // namespace hrmclara

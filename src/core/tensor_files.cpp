@@ -155,7 +155,16 @@ NamedTensors read_safetensors(const std::string& path, std::map<std::string, std
   return out;
 }
 
-NamedTensors read_safetensors_index(const std::string& index_path) {
+namespace {
+
+// A `*.safetensors.index.json`: which shard holds each tensor, in the index's order.
+struct SafetensorsIndex {
+  std::string dir;
+  std::vector<std::pair<std::string, std::string>> entries;  // tensor -> shard file, index order
+  std::vector<std::string> shards;                           // in order of first mention
+};
+
+SafetensorsIndex parse_safetensors_index(const std::string& index_path) {
   OrderedJson index;
   try {
     index = OrderedJson::parse(read_file(index_path));
@@ -164,33 +173,55 @@ NamedTensors read_safetensors_index(const std::string& index_path) {
   }
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
     throw FormatError(index_path + ": no weight_map object (not a safetensors index)");
-  const auto slash = index_path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "." : index_path.substr(0, slash);
-
-  std::vector<std::string> shard_order;
-  std::unordered_map<std::string, std::string> shard_of;
+  SafetensorsIndex parsed{parent_directory(index_path), {}, {}};
   for (const auto& [name, shard] : index["weight_map"].items()) {
     if (!shard.is_string()) throw FormatError(index_path + ": weight_map['" + name + "'] is not a file name");
     const std::string file = shard.get<std::string>();
-    if (file.find('/') != std::string::npos || file == ".." )
+    if (file.find('/') != std::string::npos || file == "..")
       throw FormatError(index_path + ": weight_map['" + name + "'] names a path outside the index's folder");
-    if (std::find(shard_order.begin(), shard_order.end(), file) == shard_order.end()) shard_order.push_back(file);
-    shard_of[name] = file;
+    if (std::find(parsed.shards.begin(), parsed.shards.end(), file) == parsed.shards.end()) parsed.shards.push_back(file);
+    parsed.entries.emplace_back(name, file);
   }
-  std::unordered_map<std::string, at::Tensor> found;
-  for (const auto& shard : shard_order) {
-    for (auto& [name, t] : read_safetensors(dir + "/" + shard)) {
-      auto it = shard_of.find(name);
-      if (it != shard_of.end() && it->second == shard) found[name] = t;
+  return parsed;
+}
+
+void visit_shards(const SafetensorsIndex& index, const std::string& index_path,
+                  const std::function<void(const std::string&, NamedTensors&)>& visit) {
+  std::unordered_map<std::string, const std::string*> shard_of;
+  for (const auto& [name, file] : index.entries) shard_of[name] = &file;
+  for (const auto& shard : index.shards) {
+    const std::string path = index.dir + "/" + shard;
+    NamedTensors assigned;
+    std::set<std::string> present;
+    for (auto& [name, t] : read_safetensors(path)) {
+      const auto it = shard_of.find(name);
+      if (it != shard_of.end() && *it->second == shard) {
+        present.insert(name);
+        assigned.emplace_back(name, t);
+      }
     }
+    for (const auto& [name, file] : index.entries)
+      if (file == shard && !present.count(name))
+        throw FormatError(index_path + ": tensor '" + name + "' is not in shard " + shard);
+    visit(path, assigned);
   }
-  NamedTensors out;
-  for (const auto& [name, shard] : index["weight_map"].items()) {
-    auto it = found.find(name);
-    if (it == found.end())
-      throw FormatError(index_path + ": tensor '" + name + "' is not in shard " + shard.get<std::string>());
-    out.emplace_back(name, it->second);
-  }
+}
+
+}  // namespace
+
+void for_each_safetensors_shard(const std::string& index_path,
+                                const std::function<void(const std::string& shard_path, NamedTensors& tensors)>& visit) {
+  visit_shards(parse_safetensors_index(index_path), index_path, visit);
+}
+
+NamedTensors read_safetensors_index(const std::string& index_path) {
+  const auto index = parse_safetensors_index(index_path);
+  std::unordered_map<std::string, at::Tensor> found;
+  visit_shards(index, index_path, [&](const std::string&, NamedTensors& tensors) {
+    for (auto& [name, t] : tensors) found[name] = t;
+  });
+  NamedTensors out;  // in the index's order, not the shards'
+  for (const auto& [name, shard] : index.entries) out.emplace_back(name, found.at(name));
   return out;
 }
 

@@ -9,8 +9,6 @@
 
 #include <torch/torch.h>
 
-#include <sys/resource.h>
-
 #include <chrono>
 #include <iostream>
 
@@ -93,13 +91,7 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < steps; ++i) step();
     sync();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    struct rusage usage {};
-    getrusage(RUSAGE_SELF, &usage);
-#ifdef __APPLE__
-    const double peak_mb = usage.ru_maxrss / 1048576.0;
-#else
-    const double peak_mb = usage.ru_maxrss / 1024.0;
-#endif
+    const double peak_mb = peak_rss_mb();
     const double ms = 1000.0 * seconds / static_cast<double>(steps);
     Json line = {{"mode", mode},
                  {"device", device.str()},

@@ -11,26 +11,10 @@
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 
-#include <sys/resource.h>
-
 #include <chrono>
 #include <iostream>
 
 using namespace hrmclara;
-
-namespace {
-
-double peak_rss_mb() {
-  struct rusage usage {};
-  getrusage(RUSAGE_SELF, &usage);
-#ifdef __APPLE__
-  return usage.ru_maxrss / 1048576.0;
-#else
-  return usage.ru_maxrss / 1024.0;
-#endif
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   return run_main("llm_bench", [&] {

@@ -4,6 +4,7 @@
 //   llm_tool generate --model DIR (--in IN.safetensors --out OUT.safetensors | --prompt TEXT) ...
 //   llm_tool info     --model DIR
 #include <hrmclara/cli.h>
+#include <hrmclara/config.h>
 #include <hrmclara/device.h>
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
@@ -154,24 +155,25 @@ GenerationOptions generation_options(const ArgParser& args) {
   o.top_k = 50;
   const std::string gen_path = args.get("model") + "/generation_config.json";
   if (file_exists(gen_path)) {
-    nlohmann::json g;
-    try {
-      g = nlohmann::json::parse(read_file(gen_path));
-    } catch (const nlohmann::json::parse_error&) {
-      throw FormatError(gen_path + ": not valid JSON");
-    }
-    try {
-      if (g.contains("do_sample") && !g["do_sample"].is_null()) o.do_sample = g["do_sample"].get<bool>();
-      if (g.contains("temperature") && !g["temperature"].is_null()) o.temperature = g["temperature"].get<double>();
-      if (g.contains("top_k") && !g["top_k"].is_null()) o.top_k = g["top_k"].get<int64_t>();
-      if (g.contains("top_p") && !g["top_p"].is_null()) o.top_p = g["top_p"].get<double>();
-      if (g.contains("eos_token_id") && !g["eos_token_id"].is_null())
-        o.eos_token_ids = g["eos_token_id"].is_array() ? g["eos_token_id"].get<std::vector<int64_t>>()
-                                                       : std::vector<int64_t>{g["eos_token_id"].get<int64_t>()};
-      if (g.contains("pad_token_id") && !g["pad_token_id"].is_null()) o.pad_token_id = g["pad_token_id"].get<int64_t>();
-    } catch (const nlohmann::json::exception&) {
-      throw FormatError(gen_path + ": a field has the wrong type");
-    }
+    const Json g = read_json_file(gen_path);
+    // Absent and null fields keep the defaults.
+    auto read = [&](const char* key, auto& target) {
+      if (!g.is_object() || !g.contains(key) || g[key].is_null()) return;
+      try {
+        target = g[key].get<std::decay_t<decltype(target)>>();
+      } catch (const nlohmann::json::exception&) {
+        throw FormatError(gen_path + ": field '" + key + "' has the wrong type");
+      }
+    };
+    read("do_sample", o.do_sample);
+    read("temperature", o.temperature);
+    read("top_k", o.top_k);
+    read("top_p", o.top_p);
+    read("pad_token_id", o.pad_token_id);
+    if (g.is_object() && g.contains("eos_token_id") && g["eos_token_id"].is_number_integer())
+      o.eos_token_ids = {g["eos_token_id"].get<int64_t>()};
+    else
+      read("eos_token_id", o.eos_token_ids);
   }
   if (args.has("greedy") && args.has("sample")) throw UsageError("--greedy and --sample exclude each other");
   if (args.has("greedy")) o.do_sample = false;
@@ -244,9 +246,9 @@ int cmd_generate(int argc, char** argv) {
   std::vector<int> generated_ids;
   std::string printed;
   if (tokenizer) {
-    options.on_step = [&](int64_t, const at::Tensor& tokens) {
+    const auto eos = options.eos_token_ids.empty() ? model.config().eos_token_ids : options.eos_token_ids;
+    options.on_step = [&, eos](int64_t, const at::Tensor& tokens) {
       const int64_t id = tokens[0].item<int64_t>();
-      const auto& eos = options.eos_token_ids.empty() ? model.config().eos_token_ids : options.eos_token_ids;
       if (options.stop_at_eos && std::find(eos.begin(), eos.end(), id) != eos.end()) return true;
       generated_ids.push_back(static_cast<int>(id));
       const std::string text = tokenizer->decode(generated_ids, /*skip_special_tokens=*/true);

@@ -527,6 +527,10 @@ TEST(LlmLoader, BrokenCheckpointsNameTheFileAndTensor) {
   extra.emplace_back("model.layers.9.mlp.gate_proj.weight", torch::zeros({2}));
   EXPECT_NE(error_of<FormatError>([&] { DecoderLM::load(model_dir("extra", extra)); }).find("unexpected tensor 'model.layers.9"),
             std::string::npos);
+  // Rotary tables that old Llama exports carry are ignored (recomputed from the config).
+  auto with_rotary = weights;
+  with_rotary.emplace_back("model.layers.0.self_attn.rotary_emb.inv_freq", torch::zeros({8}));
+  EXPECT_NO_THROW(DecoderLM::load(model_dir("rotary", with_rotary)));
   // A truncated shard.
   const std::string dir = model_dir("truncated", weights);
   const std::string bytes = read_file(dir + "/model.safetensors");

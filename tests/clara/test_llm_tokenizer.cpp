@@ -486,7 +486,7 @@ TEST(LlmTokenizerErrors, BadConfigFilesAreFormatErrorsNamingFileAndField) {
     std::string file, text, expect;
   };
   const std::vector<Case> cases = {
-      {"tokenizer_config.json", "{\"add_bos_token\": ", "tokenizer_config.json: not valid JSON"},
+      {"tokenizer_config.json", "{\"add_bos_token\": ", "tokenizer_config.json: malformed JSON"},
       {"tokenizer_config.json", "[1, 2]", "tokenizer_config.json: expected a JSON object"},
       {"tokenizer_config.json", R"({"add_bos_token": "yes"})", "field 'add_bos_token'"},
       {"tokenizer_config.json", R"({"legacy": 0})", "field 'legacy'"},
@@ -498,7 +498,7 @@ TEST(LlmTokenizerErrors, BadConfigFilesAreFormatErrorsNamingFileAndField) {
       {"tokenizer_config.json", R"({"added_tokens_decoder": {"1": {"content": "<a>"}}})", "id 1 is given to both"},
       {"added_tokens.json", R"({"<a>": "700"})", "added_tokens.json: the id of '<a>'"},
       {"special_tokens_map.json", R"({"additional_special_tokens": "<a>"})", "special_tokens_map.json: field 'additional_special_tokens'"},
-      {"special_tokens_map.json", "{", "special_tokens_map.json: not valid JSON"},
+      {"special_tokens_map.json", "{", "special_tokens_map.json: malformed JSON"},
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     const std::string dir = model_dir(scratch, "case" + std::to_string(i), {{cases[i].file, cases[i].text}});
