@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -73,6 +74,7 @@ inline CommandResult run_python(const std::string& code, const std::string& scra
   return run_command(test_python() + " -c \"" + code + "\"", scratch);
 }
 
+
 // The message of the E that `f` throws; a test failure if it throws nothing or something else.
 template <typename E>
 std::string error_of(const std::function<void()>& f) {
@@ -88,12 +90,62 @@ std::string error_of(const std::function<void()>& f) {
   return "";
 }
 
-// Same names in the same order, and equal values (dtype and shape included).
+// Same dtype, shape and values, with what differs in the failure message. (Tensor::equal alone
+// is true across dtypes: an int64 tensor "equals" float32 and bf16 ones holding the same numbers.)
+inline testing::AssertionResult same_tensor(const at::Tensor& got, const at::Tensor& want) {
+  if (got.scalar_type() != want.scalar_type())
+    return testing::AssertionFailure() << "dtype " << got.scalar_type() << ", expected " << want.scalar_type();
+  if (got.sizes() != want.sizes()) return testing::AssertionFailure() << "shape " << got.sizes() << ", expected " << want.sizes();
+  if (!got.equal(want)) return testing::AssertionFailure() << "values differ";
+  return testing::AssertionSuccess();
+}
+
+// Same names in the same order, and per tensor the same dtype, shape and values.
 inline void expect_same_tensors(const NamedTensors& got, const NamedTensors& want) {
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {
-    EXPECT_EQ(got[i].first, want[i].first);
-    EXPECT_TRUE(got[i].second.equal(want[i].second)) << want[i].first;
+    const auto& [name, g] = got[i];
+    const auto& w = want[i].second;
+    EXPECT_EQ(name, want[i].first);
+    EXPECT_TRUE(same_tensor(g, w)) << name;
+  }
+}
+
+// Skips the test when no Python with torch is configured; the test binaries' main turns a skip
+// into a failure unless HRMCLARA_ALLOW_SKIPS=1 (CI installs Python, so there it never skips).
+#define REQUIRE_PYTHON() \
+  if (::hrmclara::test::test_python().empty()) GTEST_SKIP() << "no Python with torch configured (HRMCLARA_PYTHON)"
+
+// What Python reads from a file of ours: runs `load` (a Python expression over the variable `path`
+// giving a dict of name -> tensor, e.g. "torch.load(path, weights_only=True)") and writes each
+// tensor, as Python sees it, with the safetensors package; returns those tensors by name, and the
+// Python type name of the loaded object in `type_name`.
+inline std::map<std::string, at::Tensor> as_python_reads_it(const std::string& file, const std::string& load,
+                                                            const std::string& scratch, std::string* type_name = nullptr) {
+  const std::string out = scratch + "/python_view.safetensors";
+  const auto r = run_python("import torch, safetensors.torch as st; path = '" + file + "'; sd = " + load +
+                                "; print(type(sd).__name__); st.save_file({k: v.detach().contiguous() for k, v in sd.items()}, '" +
+                                out + "')",
+                            scratch);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  if (type_name) *type_name = r.out.substr(0, r.out.find('\n'));
+  std::map<std::string, at::Tensor> by_name;
+  if (r.exit_code != 0) return by_name;
+  for (auto& [k, v] : read_safetensors(out)) by_name[k] = v;
+  return by_name;
+}
+
+// Every tensor of `want` is in `got` under its name with the same dtype, shape and values, and
+// `got` holds nothing else.
+inline void expect_same_tensor_map(const std::map<std::string, at::Tensor>& got, const NamedTensors& want) {
+  EXPECT_EQ(got.size(), want.size());
+  for (const auto& [name, t] : want) {
+    auto it = got.find(name);
+    if (it == got.end()) {
+      ADD_FAILURE() << "missing " << name;
+      continue;
+    }
+    EXPECT_TRUE(same_tensor(it->second, t)) << name;
   }
 }
 

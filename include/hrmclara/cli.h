@@ -20,7 +20,8 @@ class ArgParser {
   // Adds --log-level, --device and --threads, the options every compute tool takes.
   ArgParser& common_options();
 
-  // Parses argv. Returns false after printing help for --help/-h. Throws UsageError for unknown
+  // Parses argv. Returns false after printing help for --help/-h, or the version for --version
+  // (with --verbose: the system report of info.h). Throws UsageError for unknown
   // options or a missing value. Arguments that are not options are collected as positionals
   // (e.g. key=value overrides); `max_positionals` < 0 means any number.
   bool parse(int argc, char** argv, int max_positionals = -1);
@@ -47,6 +48,10 @@ class ArgParser {
   std::map<std::string, std::string> values_;
   std::vector<std::string> positionals_;
 };
+
+// If argv holds --version, prints "<program>: <version_line()>" (with --verbose, the system report)
+// and returns true. ArgParser::parse calls it; tools with subcommands call it first.
+bool print_version_if_asked(const std::string& program, int argc, char** argv);
 
 // Runs `body` and maps exceptions to exit codes: hrmclara::Error -> its code, anything else -> 1,
 // each reported as one line. Applies --log-level/--threads handling is left to the body.

@@ -9,6 +9,7 @@
 #include <hrmclara/config.h>
 #include <hrmclara/tensor_io.h>
 
+#include <c10/core/Device.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/pimpl.h>
@@ -37,7 +38,9 @@ struct HrmConfig {
   double rms_norm_eps = 1e-5, rope_theta = 10000.0;
   int64_t halt_max_steps = 16;
   double halt_exploration_prob = 0.1;
-  std::string forward_dtype = "bfloat16";  // bfloat16 | float32
+  // bfloat16 | float32 | float64 (verification) | auto (presets: bfloat16 where the device runs it
+  // natively, else float32; resolved by resolve_forward_dtype before a model is built).
+  std::string forward_dtype = "bfloat16";
   std::string loss_type = "stablemax_cross_entropy";  // or softmax_cross_entropy
 
   // Reads upstream's `arch` object (as in all_config.yaml) plus the data fields; unknown arch keys
@@ -52,6 +55,11 @@ struct HrmConfig {
   int64_t intermediate_size() const;  // SwiGLU width with upstream's rounding
   torch::Dtype dtype() const;
 };
+
+// The forward dtype a tool runs: `spec` is its --dtype value (auto, or an explicit dtype) and
+// `declared` the config's forward_dtype; see resolve_dtype (device.h) for the rules. Returns
+// "bfloat16", "float32" or "float64"; float16 is a ConfigError (HRM's reference has no f16 path).
+std::string resolve_forward_dtype(const std::string& spec, const c10::Device& device, const std::string& declared);
 
 // One batch: int32 tensors inputs [B, S], labels [B, S] (ignore = -100), puzzle_identifiers [B].
 struct Batch {

@@ -35,6 +35,9 @@ struct LlmConfig {
   int64_t bos_token_id = 1;
   std::vector<int64_t> eos_token_ids = {2};
   int64_t pad_token_id = -1;  // -1: none
+  // The dtype the weights were saved in (config.json's torch_dtype, or dtype in newer
+  // transformers): float32, bfloat16, float16, or empty when absent. `--dtype auto` starts from it.
+  std::string torch_dtype;
 
   // Parses a Hugging Face config.json. Throws FormatError naming `where` and the field for
   // missing or inconsistent fields and for architectures or activations it does not support.

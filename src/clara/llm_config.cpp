@@ -96,6 +96,10 @@ LlmConfig LlmConfig::from_json_text(const std::string& json_text, const std::str
   c.bos_token_id = f.integer("bos_token_id", 1);
   c.eos_token_ids = f.ids("eos_token_id", {2});
   c.pad_token_id = f.integer("pad_token_id", -1);
+  const std::string saved = f.text("torch_dtype", f.text("dtype", ""));
+  if (saved == "float32" || saved == "float" || saved == "fp32") c.torch_dtype = "float32";
+  else if (saved == "bfloat16" || saved == "bf16") c.torch_dtype = "bfloat16";
+  else if (saved == "float16" || saved == "half" || saved == "fp16") c.torch_dtype = "float16";
 
   if (c.model_type == "qwen2") {
     c.attention_bias = true;  // Qwen2 always biases q, k and v (never o)
@@ -167,6 +171,7 @@ std::string LlmConfig::to_json_text() const {
       {"eos_token_id", eos_token_ids.size() == 1 ? Json(eos_token_ids[0]) : Json(eos_token_ids)},
       {"pad_token_id", pad_token_id >= 0 ? Json(pad_token_id) : Json(nullptr)},
   };
+  if (!torch_dtype.empty()) j["torch_dtype"] = torch_dtype;
   if (model_type != "qwen2") {
     j["attention_bias"] = attention_bias;
     j["mlp_bias"] = mlp_bias;

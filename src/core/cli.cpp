@@ -1,5 +1,6 @@
 #include <hrmclara/cli.h>
 #include <hrmclara/errors.h>
+#include <hrmclara/info.h>
 #include <hrmclara/log.h>
 
 #include <sys/resource.h>
@@ -33,7 +34,22 @@ ArgParser& ArgParser::common_options() {
   return *this;
 }
 
+bool print_version_if_asked(const std::string& program, int argc, char** argv) {
+  bool want_version = false, verbose = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    want_version = want_version || arg == "--version";
+    verbose = verbose || arg == "--verbose";
+  }
+  if (!want_version) return false;
+  std::cout << program << ": " << version_line() << "\n";
+  if (verbose) std::cout << system_info_text(system_info(false));
+  return true;
+}
+
 bool ArgParser::parse(int argc, char** argv, int max_positionals) {
+  // The tool's own name ("llm_tool generate" reports as llm_tool).
+  if (print_version_if_asked(program_.substr(0, program_.find(' ')), argc, argv)) return false;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -116,6 +132,7 @@ std::string ArgParser::help() const {
     out += "\n";
   }
   out += "  --help                     this text\n";
+  out += "  --version [--verbose]      version (with --verbose: torch, CPU capability, BLAS, bf16/f16, devices)\n";
   return out;
 }
 

@@ -1,5 +1,6 @@
 // HRM network and ACT step, following sapientinc/HRM models/hrm/hrm_act_v1.py and models/layers.py
 // (see ../shared notes hrm-reference-spec.md §1-§2 for the semantics reproduced here).
+#include <hrmclara/device.h>
 #include <hrmclara/errors.h>
 #include <hrmclara/hrm.h>
 
@@ -24,7 +25,19 @@ int64_t HrmConfig::intermediate_size() const {
   return (n + 255) / 256 * 256;
 }
 
-torch::Dtype HrmConfig::dtype() const { return forward_dtype == "float32" ? torch::kFloat : torch::kBFloat16; }
+torch::Dtype HrmConfig::dtype() const {
+  if (forward_dtype == "float32") return torch::kFloat;
+  if (forward_dtype == "float64") return torch::kDouble;
+  if (forward_dtype == "bfloat16") return torch::kBFloat16;
+  throw ConfigError("HRM config: arch.forward_dtype '" + forward_dtype +
+                    "' must be resolved for a device first (hrm::resolve_forward_dtype)");
+}
+
+std::string resolve_forward_dtype(const std::string& spec, const c10::Device& device, const std::string& declared) {
+  const auto dtype = resolve_dtype(spec, device, declared);
+  if (dtype == torch::kHalf) throw ConfigError("HRM runs in bfloat16, float32 or float64, not float16");
+  return dtype_name(dtype);
+}
 
 Json HrmConfig::arch_json() const {
   return Json{{"name", "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1"},
@@ -89,7 +102,8 @@ void HrmConfig::validate() const {
   require(pos_encodings != "rope" || head_dim() % 2 == 0, "rope needs an even head dimension");
   require(halt_max_steps >= 1, "arch.halt_max_steps must be >= 1");
   require(halt_exploration_prob >= 0 && halt_exploration_prob <= 1, "arch.halt_exploration_prob must be in [0, 1]");
-  require(forward_dtype == "float32" || forward_dtype == "bfloat16", "arch.forward_dtype must be float32 or bfloat16");
+  require(forward_dtype == "float32" || forward_dtype == "bfloat16" || forward_dtype == "float64" || forward_dtype == "auto",
+          "arch.forward_dtype must be auto, bfloat16, float32 or float64");
   require(loss_type == "stablemax_cross_entropy" || loss_type == "softmax_cross_entropy",
           "arch.loss.loss_type must be stablemax_cross_entropy or softmax_cross_entropy");
   require(expansion > 0 && rms_norm_eps > 0 && rope_theta > 0, "expansion, rms_norm_eps and rope_theta must be positive");
@@ -121,15 +135,19 @@ void trunc_normal_(torch::Tensor t, double std, double lower = -2.0, double uppe
   t.uniform_(a, b).erfinv_().mul_(sqrt2 * comp_std).clamp_(lower * comp_std, upper * comp_std);
 }
 
+// The precision element-wise reductions run in: float32, or the activations' own when wider
+// (float64, the verification dtype).
+torch::Dtype compute_dtype(torch::Dtype activations) { return torch::promote_types(activations, torch::kFloat); }
+
 torch::Tensor rms_norm(const torch::Tensor& x, double eps) {
   const auto in_dtype = x.scalar_type();
-  const auto h = x.to(torch::kFloat);
+  const auto h = x.to(compute_dtype(in_dtype));
   return (h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps)).to(in_dtype);
 }
 
 // rms_norm for a tensor nobody else holds, without autograd: f32 in place, other dtypes as above.
 torch::Tensor rms_norm_inplace(torch::Tensor x, double eps) {
-  if (x.scalar_type() != torch::kFloat) return rms_norm(x, eps);
+  if (x.scalar_type() != compute_dtype(x.scalar_type())) return rms_norm(x, eps);
   const auto scale = torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return x.mul_(scale);
 }
@@ -208,10 +226,10 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   auto qkv = qkv_proj(x).view({B, L, 3 * heads, head_dim});
   auto q = qkv.narrow(2, 0, heads), k = qkv.narrow(2, heads, heads), v = qkv.narrow(2, 2 * heads, heads);
   if (cos.defined()) {
-    // RoPE in the tables' dtype (f32), back to the activation dtype.
-    const auto dtype = q.scalar_type();
-    const auto c = cos.unsqueeze(-2), s = sin.unsqueeze(-2);
-    auto qf = q.to(cos.scalar_type()), kf = k.to(cos.scalar_type());
+    // RoPE in f32 (the tables' dtype; float64 activations keep float64), back to the activation dtype.
+    const auto dtype = q.scalar_type(), rope_dtype = compute_dtype(dtype);
+    const auto c = cos.unsqueeze(-2).to(rope_dtype), s = sin.unsqueeze(-2).to(rope_dtype);
+    auto qf = q.to(rope_dtype), kf = k.to(rope_dtype);
     if (!torch::GradMode::is_enabled()) {
       q = (qf * c).add_(rotate_half(qf).mul_(s)).to(dtype);
       k = (kf * c).add_(rotate_half(kf).mul_(s)).to(dtype);
@@ -232,7 +250,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
     auto scores = torch::matmul(qt, kt.transpose(-1, -2));
     const double scale = std::sqrt(static_cast<double>(head_dim));
     scores = torch::GradMode::is_enabled() ? scores / scale : scores.div_(scale);
-    out = torch::matmul(torch::softmax(scores.to(torch::kFloat), -1).to(vt.scalar_type()), vt);
+    out = torch::matmul(torch::softmax(scores.to(compute_dtype(scores.scalar_type())), -1).to(vt.scalar_type()), vt);
   }
   return o_proj(out.transpose(1, 2).reshape({B, L, heads * head_dim}));
 }
@@ -376,7 +394,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Te
   z_H = H_level(z_H, z_L, cos_, sin_);
   const int64_t P = c.puzzle_emb_len();
   auto logits = lm_head(z_H).narrow(1, P, c.seq_len);
-  auto q = q_head(z_H.select(1, 0)).to(torch::kFloat);
+  auto q = q_head(z_H.select(1, 0)).to(compute_dtype(z_H.scalar_type()));
   return {z_H.detach(), z_L.detach(), logits, q.select(-1, 0), q.select(-1, 1)};
 }
 

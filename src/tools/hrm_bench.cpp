@@ -5,6 +5,7 @@
 #include <hrmclara/device.h>
 #include <hrmclara/errors.h>
 #include <hrmclara/hrm.h>
+#include <hrmclara/info.h>
 #include <hrmclara/optim.h>
 
 #include <torch/torch.h>
@@ -16,12 +17,12 @@ using namespace hrmclara;
 
 int main(int argc, char** argv) {
   return run_main("hrm_bench", [&] {
-    ArgParser args("hrm_bench", "--config FILE.json --mode train|eval --steps N [--device D] [--threads T] [--dtype float32|bfloat16]");
+    ArgParser args("hrm_bench", "--config FILE.json --mode train|eval --steps N [--device D] [--threads T] [--dtype D]");
     args.option("config", "upstream arch fields plus batch_size, seq_len, vocab_size, num_puzzle_identifiers")
         .option("mode", "train or eval", "train")
         .option("steps", "timed steps", "10")
         .option("warmup", "untimed steps first", "2")
-        .option("dtype", "forward dtype (overrides the file's forward_dtype)")
+        .option("dtype", std::string(kDtypeChoices) + "; auto: the file's forward_dtype where the device runs it natively, else float32", "auto")
         .option("attention", "exact (reference order) or sdpa (LibTorch's kernel)", "exact")
         .common_options();
     if (!args.parse(argc, argv, 0)) return 0;
@@ -43,7 +44,7 @@ int main(int argc, char** argv) {
     };
     const int64_t batch_size = take("batch_size"), seq_len = take("seq_len"), vocab = take("vocab_size"),
                   puzzles = take("num_puzzle_identifiers");
-    if (args.has("dtype")) file["forward_dtype"] = args.get("dtype");
+    file["forward_dtype"] = hrm::resolve_forward_dtype(args.get("dtype"), device, file.value("forward_dtype", std::string("auto")));
     const auto config = hrm::HrmConfig::from_arch_json(file, batch_size, seq_len, vocab, puzzles);
 
     torch::manual_seed(0);
@@ -96,6 +97,8 @@ int main(int argc, char** argv) {
     Json line = {{"mode", mode},
                  {"device", device.str()},
                  {"threads", threads},
+                 {"cpu_capability", cpu_info().aten_capability},
+                 {"native_bfloat16", cpu_info().native_bfloat16},
                  {"dtype", config.forward_dtype},
                  {"attention", attention},
                  {"steps", steps},

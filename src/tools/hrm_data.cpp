@@ -219,5 +219,8 @@ int run(std::vector<std::string> args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  return run_main("hrm_data", [&] { return run(std::vector<std::string>(argv + 1, argv + argc)); });
+  return run_main("hrm_data", [&] {
+    if (print_version_if_asked("hrm_data", argc, argv)) return 0;
+    return run(std::vector<std::string>(argv + 1, argv + argc));
+  });
 }

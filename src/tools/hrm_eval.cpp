@@ -47,13 +47,14 @@ RunRecord read_run_record(const std::string& checkpoint) {
 
 int main(int argc, char** argv) {
   return run_main("hrm_eval", [&] {
-    ArgParser args("hrm_eval", "--checkpoint PATH [--data DIR] [--out PREDS.safetensors] [--batch-size N] [--device D]");
+    ArgParser args("hrm_eval", "--checkpoint PATH [--data DIR] [--out PREDS.safetensors] [--batch-size N] [--device D] [--dtype D]");
     args.option("checkpoint", "our checkpoint directory, a run directory (its newest checkpoint), or upstream's step_N")
         .option("data", "dataset directory (its test/ split is used) or a split directory; default: the data the checkpoint trained on")
         .option("out", "write per-example predictions (inputs, labels, puzzle_identifiers, predictions, q_halt_logits)")
         .option("batch-size", "examples per forward pass (default: the run's eval batch size)", "0")
         .option("max-examples", "evaluate only the first N examples", "0")
         .option("dataset-json", "dataset.json for an upstream checkpoint whose data is elsewhere")
+        .option("dtype", std::string(kDtypeChoices) + "; auto: the checkpoint's forward_dtype where the device runs it natively, else float32", "auto")
         .common_options();
     if (!args.parse(argc, argv, 0)) return 0;
     configure_threads(static_cast<int>(args.get_int("threads")));
@@ -89,6 +90,7 @@ int main(int argc, char** argv) {
       if (!args.get("dataset-json").empty() || !file_exists(train_meta)) throw;
       config = hrm::checkpoint_config(checkpoint, train_meta, batch);
     }
+    config.forward_dtype = hrm::resolve_forward_dtype(args.get("dtype"), device, config.forward_dtype);
     hrm::HrmModel model(config);
     hrm::load_hrm_weights(*model, checkpoint);
     model->to(device);

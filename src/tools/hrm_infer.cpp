@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   return run_main("hrm_infer", [&] {
     ArgParser args("hrm_infer",
                    "--checkpoint PATH --batch BATCH.safetensors --out OUT.safetensors [--mode eval|train] [--steps K]\n"
-                   "                 [--grads] [--device D] [--dataset-json FILE]");
+                   "                 [--grads] [--device D] [--dtype D] [--dataset-json FILE]");
     args.option("checkpoint", "upstream step_N file (all_config.yaml beside it) or an hrmclara checkpoint")
         .option("batch", "safetensors with int32 inputs [B,S], labels [B,S], puzzle_identifiers [B]")
         .option("out", "where to write the outputs (safetensors)")
@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
         .option("steps", "ACT steps to run (default: halt_max_steps)")
         .flag("grads", "train mode: also write grad.<name> of step 0's loss for every parameter")
         .option("dataset-json", "dataset.json with vocab_size, seq_len, num_puzzle_identifiers")
+        .option("dtype", std::string(kDtypeChoices) + "; auto: the checkpoint's forward_dtype where the device runs it natively, else float32", "auto")
         .common_options();
     if (!args.parse(argc, argv, 0)) return 0;
     const std::string mode = args.get("mode");
@@ -58,7 +59,9 @@ int main(int argc, char** argv) {
     if (batch.inputs.size(1) != config.seq_len)
       throw ShapeError(args.get("batch") + ": sequence length " + std::to_string(batch.inputs.size(1)) +
                        " but the model's seq_len is " + std::to_string(config.seq_len));
-    hrm::HrmModel model(config);
+    auto model_config = config;
+    model_config.forward_dtype = hrm::resolve_forward_dtype(args.get("dtype"), device, config.forward_dtype);
+    hrm::HrmModel model(model_config);
     hrm::load_hrm_weights(*model, checkpoint);
     model->to(device);
     if (model->puzzle_emb) model->puzzle_emb->sync_device();
@@ -74,7 +77,7 @@ int main(int argc, char** argv) {
       std::optional<torch::NoGradGuard> no_grad;
       if (!want_grads) no_grad.emplace();
       auto [next, outputs] = model->forward(carry, batch);
-      auto result = hrm::act_loss(config, next, outputs);
+      auto result = hrm::act_loss(model->config(), next, outputs);
       const std::string p = mode + "." + std::to_string(k) + ".";
       put(p + "logits", outputs.logits.to(torch::kFloat));
       put(p + "q_halt_logits", outputs.q_halt_logits);

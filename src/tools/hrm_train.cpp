@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
   return run_main("hrm_train", [&] {
     ArgParser args("hrm_train",
                    "[--config FILE.json|all_config.yaml] [key=value ...] [--out RUNDIR] [--resume RUNDIR]\n"
-                   "                 [--max-minutes M] [--max-steps N] [--device D]");
+                   "                 [--max-minutes M] [--max-steps N] [--device D] [--dtype D]");
     args.option("config", "preset (models/hrm/*.json) or upstream all_config.yaml; default: the embedded Sudoku preset")
         .option("out", "run directory for checkpoints, metrics.jsonl and curves.svg (default runs/hrm-<time>)")
         .option("resume", "continue the run in RUNDIR from its newest checkpoint, exactly")
@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
         .option("max-steps", "stop after this step (evaluate and save first)", "0")
         .flag("no-progress", "no live progress bar (log lines instead)")
         .flag("print-config", "print the resolved config and exit")
+        .option("dtype", std::string(kDtypeChoices) + "; auto: the config's arch.forward_dtype where the device runs it natively, else float32", "auto")
         .common_options();
     if (!args.parse(argc, argv)) return 0;
     // From here on SIGINT/SIGTERM ask the trainer to save and stop after the current step.
@@ -83,6 +84,8 @@ int main(int argc, char** argv) {
       run_dir = args.has("out") ? args.get("out") : default_run_dir();
     }
 
+    config["arch"]["forward_dtype"] =
+        hrm::resolve_forward_dtype(args.get("dtype"), device, config["arch"]["forward_dtype"].get<std::string>());
     hrm::HrmTrainTask task(config, device);
     const auto& mc = task.model().config();
     log_info("model: " + std::to_string(count_parameters(task.model())) + " parameters, hidden " +

@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
                                 "                 [--new-tokens N] [--repeats R] [--device D] [--threads T]");
     args.option("model", "Hugging Face model directory to load")
         .option("config", "a config.json: the model gets random weights (e.g. models/llm/synthetic-100m.json)")
-        .option("dtype", "float32, bfloat16 or float16", "float32")
+        .option("dtype", std::string(kDtypeChoices) + "; auto: the model's torch_dtype (bfloat16 for --config) where the device runs it natively, else float32", "auto")
         .option("batch", "sequences per batch", "1")
         .option("prompt-tokens", "prompt length", "128")
         .option("new-tokens", "tokens generated per sequence", "32")
@@ -33,8 +33,9 @@ int main(int argc, char** argv) {
     if (args.has("model") == args.has("config")) throw UsageError("give exactly one of --model and --config");
     const int threads = configure_threads(static_cast<int>(args.get_int("threads")));
     LlmLoadOptions load;
-    load.dtype = dtype_from_name(args.get("dtype"));
     load.device = resolve_device(args.get("device"));
+    const LlmConfig declared = LlmConfig::load(args.has("model") ? args.get("model") + "/config.json" : args.get("config"));
+    load.dtype = resolve_dtype(args.get("dtype"), load.device, declared.torch_dtype);
     const int64_t B = args.get_int("batch"), T = args.get_int("prompt-tokens"), N = args.get_int("new-tokens"),
                   repeats = args.get_int("repeats");
     if (B < 1 || T < 1 || N < 2 || repeats < 1)
@@ -94,6 +95,8 @@ int main(int argc, char** argv) {
                            {"dtype", dtype_name(load.dtype)},
                            {"device", load.device.str()},
                            {"threads", threads},
+                           {"cpu_capability", cpu_info().aten_capability},
+                           {"native_bfloat16", cpu_info().native_bfloat16},
                            {"batch", B},
                            {"prompt_tokens", T},
                            {"new_tokens", N},

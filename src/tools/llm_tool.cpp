@@ -30,7 +30,7 @@ namespace {
 const char* kUsage =
     "llm_tool COMMAND [options]\n"
     "  tokenize --model DIR [--add-special-tokens T1,T2,...] [--bos] --text TEXT\n"
-    "  forward  --model DIR --in IN.safetensors --out OUT.safetensors [--dtype float32|bfloat16|float16]\n"
+    "  forward  --model DIR --in IN.safetensors --out OUT.safetensors [--dtype auto|float32|bfloat16|float16]\n"
     "           [--all-hidden] [--device D]\n"
     "  generate --model DIR (--in IN.safetensors --out OUT.safetensors | --prompt TEXT [--chat] [--system S])\n"
     "           [--max-new-tokens N] [--greedy | --sample] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
@@ -57,12 +57,16 @@ LlmTokenizer load_tokenizer(const ArgParser& args) {
   return tokenizer;
 }
 
-DecoderLM load_model(const ArgParser& args) {
+// `default_dtype` applies when --dtype is absent: float32 for the parity contract (forward,
+// generate --in), auto (the model's torch_dtype where the device runs it natively) otherwise.
+DecoderLM load_model(const ArgParser& args, const std::string& default_dtype) {
   configure_threads(static_cast<int>(args.get_int("threads")));
   LlmLoadOptions options;
-  options.dtype = dtype_from_name(args.get("dtype"));
   options.device = resolve_device(args.get("device"));
-  return DecoderLM::load(args.require("model"), options);
+  const std::string dir = args.require("model");
+  options.dtype = resolve_dtype(args.has("dtype") ? args.get("dtype") : default_dtype, options.device,
+                                LlmConfig::load(dir + "/config.json").torch_dtype);
+  return DecoderLM::load(dir, options);
 }
 
 std::map<std::string, at::Tensor> read_inputs(const std::string& path) {
@@ -102,7 +106,7 @@ int cmd_forward(int argc, char** argv) {
   args.option("model", "Hugging Face model directory (config.json + safetensors)")
       .option("in", "int64 input_ids [B,T] or float32 inputs_embeds [B,T,H]; optional attention_mask, position_ids")
       .option("out", "written: float32 logits [B,T,V] and hidden_last [B,T,H] (padding rows zero)")
-      .option("dtype", "weights and activations: float32, bfloat16 or float16", "float32")
+      .option("dtype", std::string(kDtypeChoices) + " (auto: config.json's torch_dtype where the device runs it natively, else float32)", "float32")
       .flag("all-hidden", "also write hidden_states.<i>: the embeddings and every layer's output")
       .common_options();
   if (!args.parse(argc, argv, 0)) return 0;
@@ -133,7 +137,7 @@ int cmd_forward(int argc, char** argv) {
   }
   if (t.count("attention_mask")) in.attention_mask = require_integer(t, in_path, "attention_mask", B, T);
   if (t.count("position_ids")) in.position_ids = require_integer(t, in_path, "position_ids", B, T);
-  const auto model = load_model(args);
+  const auto model = load_model(args, "float32");
 
   c10::InferenceMode inference;
   LlmForwardOptions options;
@@ -208,7 +212,7 @@ int cmd_generate(int argc, char** argv) {
       .option("seed", "sampling seed", "0")
       .flag("ignore-eos", "do not stop at EOS")
       .flag("no-cache", "recompute the whole sequence every step instead of using the KV cache")
-      .option("dtype", "weights and activations: float32, bfloat16 or float16", "float32")
+      .option("dtype", std::string(kDtypeChoices) + " [float32 with --in (the parity contract), auto with --prompt: config.json's torch_dtype where the device runs it natively, else float32]")
       .common_options();
   if (!args.parse(argc, argv, 0)) return 0;
   set_log_level(args.get("log-level"));
@@ -239,7 +243,7 @@ int cmd_generate(int argc, char** argv) {
     const auto encoded = tokenizer->encode(text, /*add_special_tokens=*/!args.has("chat"));
     ids = at::tensor(std::vector<int64_t>(encoded.begin(), encoded.end()), at::kLong).unsqueeze(0);
   }
-  const auto model = load_model(args);
+  const auto model = load_model(args, args.has("prompt") ? "auto" : "float32");
   auto options = generation_options(args);
   // --prompt streams the text as it is generated: each step re-decodes the whole continuation
   // and prints what is new.
@@ -297,6 +301,7 @@ int cmd_info(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   return run_main("llm_tool", [&] {
+    if (print_version_if_asked("llm_tool", argc, argv)) return 0;
     if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
       std::cout << kUsage << "\n";
       return argc < 2 ? 2 : 0;

@@ -123,7 +123,7 @@ TEST(LlmParity, BatchLogitsAndHiddenStatesMatchOnAttendedPositions) {
   EXPECT_LT(masked_max_diff(out.hidden_last, e["hidden.last.batch"], mask), 1e-4);
   EXPECT_LT(masked_max_diff(out.hidden_states[0], e["hidden.embed.batch"], mask), 1e-6);
   EXPECT_LT(masked_max_diff(out.hidden_states[1], e["hidden.layer0.batch"], mask), 1e-4);
-  EXPECT_TRUE(out.hidden_states[2].equal(out.hidden_last));
+  EXPECT_TRUE(test::same_tensor(out.hidden_states[2], out.hidden_last));
 }
 
 TEST(LlmParity, DefaultPositionsAreZeroToTMinusOneAndPaddingDoesNotLeakIntoRows) {
@@ -154,7 +154,7 @@ TEST(LlmParity, InputsEmbedsPathMatchesTheSplicedFixture) {
   auto embeds = model.embed(e["embeds.input_ids"]).clone();
   const auto pos = e["embeds.splice_positions"];
   for (int64_t i = 0; i < pos.size(0); ++i) embeds[0][pos[i].item<int64_t>()].copy_(e["embeds.vectors"][i]);
-  EXPECT_TRUE(embeds.equal(e["embeds.inputs_embeds"]));
+  EXPECT_TRUE(test::same_tensor(embeds, e["embeds.inputs_embeds"]));
   LlmForwardInput in;
   in.inputs_embeds = e["embeds.inputs_embeds"];
   const auto out = model.forward(in);
@@ -168,7 +168,7 @@ TEST(LlmParity, GreedyGenerationMatchesTheFixtureWithAndWithoutCache) {
   EXPECT_GT(e["generate.top2_margin"].min().item<double>(), 1e-3);
   for (bool cache : {false, true}) {
     const auto r = generate(fixture_model(), e["generate.prompt_ids"], e["generate.attention_mask"], greedy(12, cache));
-    EXPECT_TRUE(r.tokens.equal(want)) << "cache " << cache << "\n" << r.tokens << "\n" << want;
+    EXPECT_TRUE(test::same_tensor(r.tokens, want)) << "cache " << cache << "\n" << r.tokens << "\n" << want;
     EXPECT_EQ(r.steps, 12);
     EXPECT_EQ(r.lengths, std::vector<int64_t>(3, 12));
   }
@@ -229,7 +229,7 @@ TEST(LlmDecoding, BatchedLeftPaddedGenerationEqualsEachRowAlone) {
     const auto real = e["generate.attention_mask"][b].nonzero().squeeze(1);
     const auto alone = generate(fixture_model(), e["generate.prompt_ids"][b].index_select(0, real).unsqueeze(0),
                                 torch::Tensor(), greedy(8, true));
-    EXPECT_TRUE(alone.tokens[0].equal(batch.tokens[b])) << "row " << b;
+    EXPECT_TRUE(test::same_tensor(alone.tokens[0], batch.tokens[b])) << "row " << b;
   }
 }
 
@@ -242,14 +242,14 @@ TEST(LlmDecoding, RowsStopAtEosAndArePaddedAfterIt) {
   o.pad_token_id = 1;
   const auto r = generate(fixture_model(), e["generate.prompt_ids"], e["generate.attention_mask"], o);
   EXPECT_EQ(r.lengths[0], 3);
-  EXPECT_TRUE(r.tokens[0].narrow(0, 0, 3).equal(want[0].narrow(0, 0, 3)));
+  EXPECT_TRUE(test::same_tensor(r.tokens[0].narrow(0, 0, 3), want[0].narrow(0, 0, 3)));
   EXPECT_TRUE(r.tokens[0].narrow(0, 3, 9).eq(1).all().item<bool>());
   for (int64_t b = 1; b < 3; ++b) {
     // Other rows run on unless they produce the same token.
     const auto hits = want[b].eq(o.eos_token_ids[0]).nonzero();
     const int64_t len = hits.numel() ? hits[0][0].item<int64_t>() + 1 : 12;
     EXPECT_EQ(r.lengths[b], len);
-    EXPECT_TRUE(r.tokens[b].narrow(0, 0, len).equal(want[b].narrow(0, 0, len)));
+    EXPECT_TRUE(test::same_tensor(r.tokens[b].narrow(0, 0, len), want[b].narrow(0, 0, len)));
   }
   // When every row has stopped, generation ends early.
   o.eos_token_ids = {want[0][0].item<int64_t>(), want[1][0].item<int64_t>(), want[2][0].item<int64_t>()};
@@ -270,8 +270,8 @@ TEST(LlmDecoding, TheStepCallbackSeesEveryStepAndCanStop) {
   const auto r = generate(fixture_model(), e["generate.prompt_ids"], e["generate.attention_mask"], o);
   EXPECT_EQ(r.steps, 5);
   ASSERT_EQ(seen.size(), 5u);
-  EXPECT_TRUE(torch::stack(seen, 1).equal(e["generate.output_ids"].narrow(1, 0, 5)));
-  EXPECT_TRUE(r.tokens.narrow(1, 0, 5).equal(e["generate.output_ids"].narrow(1, 0, 5)));
+  EXPECT_TRUE(test::same_tensor(torch::stack(seen, 1), e["generate.output_ids"].narrow(1, 0, 5)));
+  EXPECT_TRUE(test::same_tensor(r.tokens.narrow(1, 0, 5), e["generate.output_ids"].narrow(1, 0, 5)));
 }
 
 TEST(LlmDecoding, SamplingIsSeededAndItsFiltersDegenerateToGreedy) {
@@ -282,7 +282,7 @@ TEST(LlmDecoding, SamplingIsSeededAndItsFiltersDegenerateToGreedy) {
   o.temperature = 1.5;
   o.seed = 7;
   const auto a = generate(fixture_model(), ids, mask, o), b = generate(fixture_model(), ids, mask, o);
-  EXPECT_TRUE(a.tokens.equal(b.tokens));
+  EXPECT_TRUE(test::same_tensor(a.tokens, b.tokens));
   bool any_differs = false;
   for (uint64_t seed = 8; seed < 12; ++seed) {
     o.seed = seed;
@@ -292,13 +292,13 @@ TEST(LlmDecoding, SamplingIsSeededAndItsFiltersDegenerateToGreedy) {
   // Sampling is cache-independent for a fixed seed (the draws come from one CPU generator).
   o.seed = 7;
   o.use_cache = false;
-  EXPECT_TRUE(generate(fixture_model(), ids, mask, o).tokens.equal(a.tokens));
+  EXPECT_TRUE(test::same_tensor(generate(fixture_model(), ids, mask, o).tokens, a.tokens));
   const auto want = e["generate.output_ids"].narrow(1, 0, 10);
   o.top_k = 1;
-  EXPECT_TRUE(generate(fixture_model(), ids, mask, o).tokens.equal(want));
+  EXPECT_TRUE(test::same_tensor(generate(fixture_model(), ids, mask, o).tokens, want));
   o.top_k = 0;
   o.top_p = 1e-6;
-  EXPECT_TRUE(generate(fixture_model(), ids, mask, o).tokens.equal(want));
+  EXPECT_TRUE(test::same_tensor(generate(fixture_model(), ids, mask, o).tokens, want));
   // Every sampled token respects top-k: with k = 2 each one is among the two most likely.
   GenerationOptions k2;
   k2.do_sample = true, k2.top_k = 2;
@@ -318,7 +318,7 @@ TEST(LlmDecoding, GeneratesFromSplicedEmbeddingsLikeFromIds) {
   const auto embeds = fixture_model().embed(ids);
   for (bool cache : {true, false}) {
     const auto r = generate_from_embeds(fixture_model(), embeds, mask, greedy(12, cache));
-    EXPECT_TRUE(r.tokens.equal(e["generate.output_ids"])) << "cache " << cache;
+    EXPECT_TRUE(test::same_tensor(r.tokens, e["generate.output_ids"])) << "cache " << cache;
   }
 }
 
@@ -332,8 +332,8 @@ TEST(LlmModel, ResizeKeepsOldRowsAndDrawsNewOnesAroundTheMean) {
   EXPECT_EQ(model.config().vocab_size, 652);
   const auto embed = model.weight("model.embed_tokens.weight");
   ASSERT_EQ(embed.sizes(), torch::IntArrayRef({652, 64}));
-  EXPECT_TRUE(embed.narrow(0, 0, 647).equal(old_embed));
-  EXPECT_TRUE(model.weight("lm_head.weight").narrow(0, 0, 647).equal(old_head));
+  EXPECT_TRUE(test::same_tensor(embed.narrow(0, 0, 647), old_embed));
+  EXPECT_TRUE(test::same_tensor(model.weight("lm_head.weight").narrow(0, 0, 647), old_head));
   // New rows: the old mean plus noise with 1e-9 times the old covariance (std ~1e-5 of the spread).
   const auto added = embed.narrow(0, 647, 5);
   EXPECT_LT((added - old_embed.mean(0)).abs().max().item<double>(), 1e-3);
@@ -346,7 +346,7 @@ TEST(LlmModel, ResizeKeepsOldRowsAndDrawsNewOnesAroundTheMean) {
   EXPECT_THROW(model.set_weight("lm_head.weight", torch::zeros({647, 64})), FormatError);
   EXPECT_THROW(model.set_weight("lm_head.bias", torch::zeros({652})), UsageError);
   model.resize_token_embeddings(600);
-  EXPECT_TRUE(model.weight("model.embed_tokens.weight").equal(old_embed.narrow(0, 0, 600)));
+  EXPECT_TRUE(test::same_tensor(model.weight("model.embed_tokens.weight"), old_embed.narrow(0, 0, 600)));
 }
 
 TEST(LlmModel, SavedRandomModelsReloadIdenticallyIncludingTiedHeadsAndQwenBiases) {
@@ -372,7 +372,7 @@ TEST(LlmModel, SavedRandomModelsReloadIdenticallyIncludingTiedHeadsAndQwenBiases
     LlmForwardInput in;
     in.input_ids = torch::randint(0, 50, {2, 7}, torch::kLong);
     const auto a = model.forward(in), b = loaded.forward(in);
-    EXPECT_TRUE(a.logits.equal(b.logits)) << type;
+    EXPECT_TRUE(test::same_tensor(a.logits, b.logits)) << type;
     if (c.tie_word_embeddings) {
       const auto manual = torch::matmul(a.hidden_last, model.weight("model.embed_tokens.weight").t());
       EXPECT_LT((manual - a.logits).abs().max().item<double>(), 1e-5);
@@ -601,7 +601,7 @@ TEST(LlmTool, ForwardAndGenerateReproduceTheFixtureThroughFiles) {
   for (const std::string flags : {"--no-cache", ""}) {
     llm_tool("generate --model " + kModelDir + " --in " + in + " --out " + out +
                  " --max-new-tokens 12 --greedy --ignore-eos " + flags, scratch);
-    EXPECT_TRUE(read_map(out)["output_ids"].equal(e["generate.output_ids"])) << flags;
+    EXPECT_TRUE(test::same_tensor(read_map(out)["output_ids"], e["generate.output_ids"])) << flags;
   }
   // bf16 forward runs and stays close.
   write_safetensors(in, {{"input_ids", e["input_ids"]}, {"attention_mask", e["attention_mask"]}, {"position_ids", e["position_ids"]}});
@@ -616,7 +616,7 @@ TEST(LlmTool, GenerateFromAPromptPrintsTheDecodedText) {
   // must come out as the whole continuation decodes them.
   for (size_t i = 0; i < prompts["generation_prompts"].size(); ++i) {
     const auto out = llm_tool("generate --model " + kModelDir + " --prompt '" +
-                                  prompts["generation_prompts"][i].get<std::string>() + "' --max-new-tokens 12 --greedy --ignore-eos",
+                                  prompts["generation_prompts"][i].get<std::string>() + "' --max-new-tokens 12 --greedy --ignore-eos --dtype float32",
                               scratch);
     EXPECT_EQ(out, prompts["generated_text"][i].get<std::string>() + "\n") << i;
   }

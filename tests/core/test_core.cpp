@@ -5,8 +5,10 @@
 #include <hrmclara/device.h>
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
+#include <hrmclara/info.h>
 #include <hrmclara/tokenizer.h>
 
+#include <ATen/Version.h>
 #include <torch/torch.h>
 
 #include <sched.h>
@@ -180,6 +182,143 @@ TEST(Device, CapabilitiesAndThreads) {
   EXPECT_NE(describe_device(c10::Device(c10::kCPU)).find("threads"), std::string::npos);
 }
 
+TEST(Device, ThreadCountsAreChecked) {
+  EXPECT_THROW(configure_threads(-1), UsageError);
+  EXPECT_THROW(configure_threads(100000), UsageError);
+  EXPECT_EQ(configure_threads(3), 3);  // more threads than cores is allowed, within reason
+  configure_threads(0);
+}
+
+// ---- dtype policy -----------------------------------------------------------------------------
+
+TEST(DtypePolicy, AutoPicksBf16OnlyWhereTheCpuHasIt) {
+  const c10::Device cpu(c10::kCPU);
+  const auto& info = cpu_info();
+  const auto fast = info.native_bfloat16 ? c10::kBFloat16 : c10::kFloat;
+  EXPECT_EQ(resolve_dtype("auto", cpu), fast);
+  EXPECT_EQ(resolve_dtype("auto", cpu, "auto"), fast);
+  EXPECT_EQ(resolve_dtype("auto", cpu, "bfloat16"), fast);
+  EXPECT_EQ(resolve_dtype("auto", cpu, "float16"), info.native_float16 ? c10::kHalf : c10::kFloat);
+  EXPECT_EQ(resolve_dtype("auto", cpu, "float32"), c10::kFloat);  // a float32 model stays float32
+  EXPECT_EQ(resolve_dtype("auto", cpu, "float64"), c10::kDouble);
+  EXPECT_EQ(resolve_dtype("auto", c10::Device(c10::kMPS), "float64"), c10::kFloat);  // MPS has none
+  EXPECT_EQ(resolve_dtype("auto", c10::Device(c10::kMPS)), c10::kFloat);
+  // Explicit choices are kept, slow or not; float64 where there is none is an error.
+  EXPECT_EQ(resolve_dtype("bfloat16", cpu), c10::kBFloat16);
+  EXPECT_EQ(resolve_dtype("float32", cpu, "bfloat16"), c10::kFloat);
+  EXPECT_THROW(resolve_dtype("float64", c10::Device(c10::kMPS)), DeviceError);
+  EXPECT_THROW(resolve_dtype("fp8", cpu), UsageError);
+  // Native means both the hardware units and oneDNN's permission to use them.
+  const bool hw = [&] {
+    for (const auto& f : info.features)
+      if (f == "avx512_bf16" || f == "amx_bf16" || f == "bf16") return true;
+    return false;
+  }();
+  const std::string limit = info.onednn_isa_limit;
+  const bool limited = limit == "AVX2" || limit == "SSE41" || limit == "AVX512_CORE";
+  EXPECT_EQ(info.native_bfloat16, hw && !limited) << "features and ONEDNN_MAX_CPU_ISA=" << limit;
+  EXPECT_EQ(info.bfloat16_note.empty(), info.native_bfloat16);
+}
+
+TEST(DtypePolicy, ToolsFallBackToFloat32AndWarnOnAnExplicitSlowChoice) {
+  ScratchDir dir;
+  // A copy of the HRM fixture whose config states bfloat16.
+  for (const char* f : {"step_0", "dataset.json"}) test::write_bytes(dir / f, test::read_bytes(fixture(std::string("hrm-reference/") + f)));
+  std::string yaml = test::read_bytes(fixture("hrm-reference/all_config.yaml"));
+  yaml.replace(yaml.find("forward_dtype: float32"), 22, "forward_dtype: bfloat16");
+  test::write_bytes(dir / "all_config.yaml", yaml);
+  const std::string infer = test::tool("hrm_infer") + " --checkpoint " + (dir / "step_0") + " --batch " +
+                            fixture("hrm-reference/batch.safetensors") + " --steps 1 --device cpu --out " + (dir / "o.st");
+  // An AVX2-only CPU, as far as oneDNN is concerned: auto runs float32 and says why.
+  auto r = test::run_command("ONEDNN_MAX_CPU_ISA=AVX2 " + infer, dir.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("dtype auto: float32 on cpu (the model states bfloat16"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("is slow"), std::string::npos) << r.err;
+  // Asked for explicitly, bf16 runs, with one warning that carries the measured rates.
+  r = test::run_command("ONEDNN_MAX_CPU_ISA=AVX2 " + infer + " --dtype bfloat16", dir.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string warning = "--dtype bfloat16 on cpu is slow: ";
+  const auto warned = r.err.find(warning);
+  ASSERT_NE(warned, std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("GFLOP/s against ", warned), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find(warning, warned + warning.size()), std::string::npos) << "warned twice: " << r.err;
+  // Where bf16 is native, auto keeps the stated bfloat16 and says nothing.
+  if (cpu_info().native_bfloat16 && cpu_info().onednn_isa_limit.empty()) {
+    r = test::run_command(infer, dir.path());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err.find("dtype auto"), std::string::npos) << r.err;
+  }
+  r = test::run_command(infer + " --dtype float16", dir.path());
+  EXPECT_EQ(r.exit_code, 5) << r.err;  // HRM has no float16 path
+}
+
+// ---- the machine the suites run on ----------------------------------------------------------------
+
+// scripts/test.sh runs every suite natively and with other CPUs' kernels forced (tests/CMakeLists.txt):
+// this checks that each forcing took effect, so a "passes with AVX2 kernels" claim is true.
+TEST(TestEnvironment, ForcedKernelsTakeEffect) {
+  auto upper = [](std::string s) {
+    for (auto& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    return s;
+  };
+  const auto& info = cpu_info();
+  const char* set = std::getenv("HRMCLARA_KERNEL_SET");
+  std::cout << "[ kernels  ] set " << (set ? set : "native") << ": " << version_line() << std::endl;
+  const bool x86 = info.architecture.find("x86") != std::string::npos;
+  if (const char* aten = std::getenv("ATEN_CPU_CAPABILITY"); aten && x86)
+    EXPECT_EQ(at::get_cpu_capability(), upper(aten));
+  if (const char* isa = std::getenv("ONEDNN_MAX_CPU_ISA")) {
+    EXPECT_EQ(info.onednn_isa_limit, upper(isa));
+    if (upper(isa) == "AVX2" || upper(isa) == "SSE41") {
+      EXPECT_FALSE(info.native_bfloat16);
+      EXPECT_EQ(resolve_dtype("auto", c10::Device(c10::kCPU)), c10::kFloat);
+    }
+  }
+  if (const char* mkl = std::getenv("MKL_ENABLE_INSTRUCTIONS"); mkl && at::hasMKL()) {
+    // MKL names the instruction set it dispatched to in its verbose banner.
+    ScratchDir dir;
+    const auto r = test::run_command("MKL_VERBOSE=1 " + test::tool("hrmclara_info") + " --measure", dir.path());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto banner = r.out.substr(r.out.find("MKL_VERBOSE oneMKL"), 400);
+    const std::string want = upper(mkl) == "AVX2" ? "(Intel(R) AVX2)" : upper(mkl) == "SSE4_2" ? "(Intel(R) SSE4.2)" : upper(mkl);
+    EXPECT_NE(banner.find(want), std::string::npos) << banner;
+  }
+  if (!set) {
+    EXPECT_EQ(std::getenv("ATEN_CPU_CAPABILITY"), nullptr) << "the native run must not inherit forced kernels";
+    EXPECT_EQ(std::getenv("ONEDNN_MAX_CPU_ISA"), nullptr) << "the native run must not inherit forced kernels";
+  }
+}
+
+TEST(Info, ReportAndVersionFlags) {
+  ScratchDir dir;
+  auto r = test::run_command(test::tool("hrmclara_info") + " --json", dir.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const Json info = Json::parse(r.out);
+  EXPECT_EQ(info["version"], version());
+  EXPECT_EQ(info["torch"], TORCH_VERSION);
+  EXPECT_EQ(info["cpu"]["aten_capability"], at::get_cpu_capability());
+  EXPECT_EQ(info["cpu"]["native_bfloat16"], cpu_info().native_bfloat16);
+  EXPECT_EQ(info["threads"], at::get_num_threads());
+  EXPECT_EQ(info["cuda"]["available"], torch::cuda::is_available());
+  EXPECT_EQ(info["auto_dtype"], cpu_info().native_bfloat16 || torch::cuda::is_available() ? "bfloat16" : "float32");
+  r = test::run_command(test::tool("hrmclara_info"), dir.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto line = r.out.find("\naten capability: ");
+  ASSERT_NE(line, std::string::npos) << r.out;
+  EXPECT_EQ(r.out.substr(line, r.out.find('\n', line + 1) - line).find(at::get_cpu_capability()) != std::string::npos, true) << r.out;
+  EXPECT_NE(r.out.find("native bf16:"), std::string::npos) << r.out;
+  // Every tool answers --version, and --version --verbose with the report.
+  for (const char* tool : {"hrm_train", "hrm_infer", "llm_tool", "ckpt_inspect"}) {
+    r = test::run_command(test::tool(tool) + " --version", dir.path());
+    EXPECT_EQ(r.exit_code, 0) << tool;
+    EXPECT_EQ(r.out, std::string(tool) + ": " + version_line() + "\n") << tool;
+  }
+  r = test::run_command(test::tool("hrm_eval") + " --version --verbose", dir.path());
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("blas:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("native f16:"), std::string::npos) << r.out;
+}
+
 // ---- SentencePiece plugin ---------------------------------------------------------------------
 
 TEST(SentencePiece, IdsPiecesAndDecodeMatchPython) {
@@ -254,7 +393,8 @@ TEST(CkptInspect, ConvertsToSafetensorsAndReadsOwnArchives) {
   EXPECT_EQ(back.out, r.out);
   const auto original = read_torch_save(fixture("hrm-reference/step_0"));
   const auto converted = read_safetensors(dir / "step0.safetensors");
-  ASSERT_EQ(converted.size(), original.size());
+  std::map<std::string, at::Tensor> converted_by_name(converted.begin(), converted.end());
+  test::expect_same_tensor_map(converted_by_name, original);  // names, dtypes, shapes and values
   save_tensor_archive(dir / "ours.pt", converted);
   auto ours = test::run_command(test::tool("ckpt_inspect") + " " + (dir / "ours.pt"), dir.path());
   EXPECT_EQ(ours.out, r.out);

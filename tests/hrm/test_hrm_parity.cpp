@@ -2,13 +2,24 @@
 // README): eval and train outputs of every ACT step, step-0 gradients, and a three-step training
 // run with SignSGD + AdamATan2.
 //
-// Tolerances (relative to the largest magnitude of the expected tensor):
-// - outputs 1e-5: float32, same operations in the same order; differing BLAS summation order is
-//   the only source of error. Measured: at most 8e-6 (logits of ACT step 3, which is 48 blocks
-//   deep), 3e-6 at step 0.
-// - losses and metrics 1e-6: sums of float64 per-token losses; measured 4e-8.
-// - gradients 1e-4 as the fixture README states; measured 3e-6.
-// - parameters after three optimizer steps 1e-4; see the test for the measured value.
+// Two sources of error are kept apart, so that every bound holds on any CPU (AVX-512, AVX2, or
+// ATen's scalar kernels; MKL's and oneDNN's code paths), which scripts/test.sh checks by running
+// the suites with each forced:
+// - The fixture's own float32 rounding. Our float64 forward computes the reference's math to
+//   ~1e-13 on every CPU, so its distance to the fixture is a fixed number: measured 2.1e-6
+//   (ACT step 0), 4.6e-6, 2.2e-5, 2.8e-5 (step 3), identical under all three kernel sets.
+// - Our float32 rounding, which depends on the kernels' summation order and compounds through
+//   the recurrence (each ACT step runs 12 post-norm blocks on the previous step's state): against
+//   our float64 forward, measured 2.4e-6, 5.3e-6, 4.0e-5, 6.3e-5 with AVX-512 kernels and up to
+//   6.8e-5 at step 3 with scalar ones. (Upstream itself, re-run with torch 2.11, moves by 9e-5
+//   at step 3 against its torch-1.13 fixture.)
+// Both grow by ~2-5x per ACT step, so the bounds are base * 3^k: fixture_rounding(k) = 5e-6 * 3^k
+// for float64 vs fixture, our_rounding(k) = 1e-5 * 3^k for float32 vs float64, and their sum for
+// float32 vs fixture. A real fault (a missing norm, a wrong scale, a cast in the wrong place)
+// moves step 0 by 1e-3 or more. All relative to the largest magnitude of the expected tensor.
+// - losses and metrics 1e-6: sums of float64 per-token losses; measured 1e-7 at most.
+// - gradients 1e-4 as the fixture README states; measured 3.6e-6 at most.
+// - the three-step training run: see that test (sign-based updates need a different check).
 // bf16 runs are compared with the float32 ground truth, so their bounds are those of bf16
 // rounding (8 mantissa bits) through 12 post-norm blocks per step; stated in that test.
 #include <hrmclara/checkpoint.h>
@@ -20,6 +31,8 @@
 
 #include <torch/torch.h>
 
+#include <cmath>
+#include <functional>
 #include <map>
 
 #include "test_util.h"
@@ -60,59 +73,91 @@ double rel_error(const torch::Tensor& got, const torch::Tensor& want) {
   return (got.to(torch::kDouble) - want.to(torch::kDouble)).abs().max().item<double>() / scale;
 }
 
+double fixture_rounding(int64_t act_step) { return 5e-6 * std::pow(3.0, static_cast<double>(act_step)); }
+double our_rounding(int64_t act_step) { return 1e-5 * std::pow(3.0, static_cast<double>(act_step)); }
+
 #define EXPECT_CLOSE(got, key, tol)                                                         \
   do {                                                                                      \
-    ASSERT_TRUE(expected().count(key)) << key;                                              \
+    if (!expected().count(key)) {                                                           \
+      ADD_FAILURE() << "not in the fixture: " << (key);                                     \
+      break;                                                                                \
+    }                                                                                       \
     const double err_ = rel_error((got), expected().at(key));                               \
     EXPECT_LE(err_, (tol)) << (key) << " relative error " << err_;                          \
   } while (0)
 
-// Runs `steps` ACT steps; per step checks outputs, loss, metrics, halting against the fixture.
-void check_steps(HrmModelImpl& model, const std::string& mode, int steps, double output_tol) {
+struct StepOutputs {
+  torch::Tensor logits, q_halt, q_continue, target_q, z_H;
+};
+
+// Runs `steps` ACT steps; per step checks outputs against the fixture within `output_tol(k)`, and
+// loss, metrics and halting exactly as the fixture. Returns each step's outputs.
+std::vector<StepOutputs> check_steps(HrmModelImpl& model, const std::string& mode, int steps,
+                                     const std::function<double(int64_t)>& output_tol) {
   const Batch batch = fixture_batch();
   Carry carry = model.initial_carry(batch);
   torch::NoGradGuard no_grad;
+  std::vector<StepOutputs> all;
   for (int k = 0; k < steps; ++k) {
     auto [next, out] = model.forward(carry, batch);
     const auto result = act_loss(model.config(), next, out);
     const std::string p = mode + "." + std::to_string(k) + ".";
-    EXPECT_CLOSE(out.logits, p + "logits", output_tol);
-    EXPECT_CLOSE(out.q_halt_logits, p + "q_halt_logits", output_tol);
-    EXPECT_CLOSE(out.q_continue_logits, p + "q_continue_logits", output_tol);
+    const double tol = output_tol(k);
+    EXPECT_CLOSE(out.logits, p + "logits", tol);
+    EXPECT_CLOSE(out.q_halt_logits, p + "q_halt_logits", tol);
+    EXPECT_CLOSE(out.q_continue_logits, p + "q_continue_logits", tol);
     if (mode == "train") {
-      EXPECT_CLOSE(out.target_q_continue, p + "target_q_continue", output_tol);
-      EXPECT_CLOSE(next.z_H, p + "z_H", output_tol);
-      EXPECT_TRUE(next.steps.equal(expected().at(p + "steps"))) << p;
+      EXPECT_CLOSE(out.target_q_continue, p + "target_q_continue", tol);
+      EXPECT_CLOSE(next.z_H, p + "z_H", tol);
+      EXPECT_TRUE(test::same_tensor(next.steps, expected().at(p + "steps"))) << p;
     } else {
       EXPECT_FALSE(out.target_q_continue.defined());
     }
-    EXPECT_TRUE(next.halted.equal(expected().at(p + "halted"))) << p << next.halted;
-    EXPECT_CLOSE(result.loss, p + "loss", output_tol == 1e-5 ? 1e-6 : output_tol);
+    EXPECT_TRUE(test::same_tensor(next.halted, expected().at(p + "halted"))) << p << next.halted;
+    EXPECT_CLOSE(result.loss, p + "loss", 1e-6);
     int metrics = 0;
     for (const auto& [name, value] : result.metrics) {
       const std::string key = p + "metric." + name;
-      ASSERT_TRUE(expected().count(key)) << key;
+      if (!expected().count(key)) {
+        ADD_FAILURE() << "not in the fixture: " << key;
+        continue;
+      }
       // Counts are exact; losses as the loss.
       const double err = std::abs(value.item<double>() - expected().at(key).item<double>());
-      EXPECT_LE(err, (output_tol == 1e-5 ? 1e-6 : output_tol) * std::max(1.0, std::abs(expected().at(key).item<double>()))) << key;
+      EXPECT_LE(err, 1e-6 * std::max(1.0, std::abs(expected().at(key).item<double>()))) << key;
       ++metrics;
     }
     EXPECT_EQ(metrics, mode == "train" ? 8 : 7) << p;
+    all.push_back({out.logits, out.q_halt_logits, out.q_continue_logits, out.target_q_continue, next.z_H});
     carry = next;
+  }
+  return all;
+}
+
+// float64 (the reference's math) vs the fixture, float32 vs the fixture, and float32 vs float64.
+void check_every_act_step(const std::string& mode) {
+  auto f64 = load_model("float64");
+  auto f32 = load_model("float32");
+  f64->train(mode == "train");
+  f32->train(mode == "train");
+  EXPECT_EQ(f64->H_init.scalar_type(), torch::kDouble);
+  const auto exact = check_steps(*f64, mode, 4, fixture_rounding);
+  EXPECT_EQ(exact[0].logits.scalar_type(), torch::kDouble);
+  const auto ours = check_steps(*f32, mode, 4, [](int64_t k) { return fixture_rounding(k) + our_rounding(k); });
+  for (int64_t k = 0; k < 4; ++k) {
+    const auto& a = ours[static_cast<size_t>(k)];
+    const auto& b = exact[static_cast<size_t>(k)];
+    const std::string p = mode + "." + std::to_string(k) + ".";
+    EXPECT_LE(rel_error(a.logits, b.logits), our_rounding(k)) << p << "logits, float32 vs float64";
+    EXPECT_LE(rel_error(a.q_halt, b.q_halt), our_rounding(k)) << p << "q_halt_logits, float32 vs float64";
+    EXPECT_LE(rel_error(a.q_continue, b.q_continue), our_rounding(k)) << p << "q_continue_logits, float32 vs float64";
+    if (mode == "train") EXPECT_LE(rel_error(a.z_H, b.z_H), our_rounding(k)) << p << "z_H, float32 vs float64";
   }
 }
 
-TEST(HrmParity, EvalOutputsOfEveryActStep) {
-  auto model = load_model();
-  model->eval();
-  check_steps(*model, "eval", 4, 1e-5);
-}
+TEST(HrmParity, EvalOutputsOfEveryActStep) { check_every_act_step("eval"); }
 
-TEST(HrmParity, TrainOutputsHaltingAndTargetQ) {
-  auto model = load_model();
-  model->train();
-  check_steps(*model, "train", 4, 1e-5);
-}
+TEST(HrmParity, TrainOutputsHaltingAndTargetQ) { check_every_act_step("train"); }
 
 TEST(HrmParity, Step0GradientsOfEveryParameter) {
   auto model = load_model();
@@ -134,8 +179,11 @@ TEST(HrmParity, Step0GradientsOfEveryParameter) {
 
 // The fixture's short run: three ACT steps on the fixture batch, each followed by backward of
 // loss / batch, SignSGD (lr 1e-2, wd 0.1) and AdamATan2 (lr 1e-3, betas (0.9, 0.95), wd 0.1).
-// Returns the three losses.
-std::vector<double> run_three_training_steps(HrmModelImpl& model, const Batch& batch) {
+// Returns the three losses; `seen`, when given, receives the gradient each optimizer applied at
+// each update: dense parameters by name, and "puzzle_emb.weights" as the per-row sums SignSGD takes
+// the sign of (rows of the batch's identifiers, in sorted identifier order).
+using SeenGradients = std::vector<std::map<std::string, torch::Tensor>>;
+std::vector<double> run_three_training_steps(HrmModelImpl& model, const Batch& batch, SeenGradients* seen = nullptr) {
   AdamATan2 adam(model.dense_parameters(), {1e-3, 0.9, 0.95, 0.1});
   SparseSignSGD sign(model.puzzle_emb->weights, model.puzzle_emb->local_weights, model.puzzle_emb->local_ids, 1e-2, 0.1);
   Carry carry = model.initial_carry(batch);
@@ -145,6 +193,17 @@ std::vector<double> run_three_training_steps(HrmModelImpl& model, const Batch& b
     auto result = act_loss(model.config(), next, out);
     losses.push_back(result.loss.item<double>());
     (result.loss / static_cast<double>(batch.size())).backward();
+    if (seen) {
+      std::map<std::string, torch::Tensor> g;
+      for (const auto& [name, p] : model.dense_parameters()) g[name] = p.grad().detach().clone();
+      const auto ids = model.puzzle_emb->local_ids.to(torch::kLong);
+      const auto local = model.puzzle_emb->local_weights.grad();
+      const auto [unique, inverse, counts] = torch::_unique2(ids, /*sorted=*/true, /*return_inverse=*/true);
+      g["puzzle_emb.weights"] = torch::zeros({unique.size(0), local.size(1)}, local.options())
+                                    .index_add_(0, inverse, local);
+      g["puzzle_emb.rows"] = unique;
+      seen->push_back(std::move(g));
+    }
     sign.step();
     sign.zero_grad();
     adam.step();
@@ -161,8 +220,21 @@ TEST(HrmParity, ThreeStepTrainingRunEndsInTheFixtureParameters) {
   // the gradient of recording step 3, and for the puzzle embedding's local rows (a buffer, which
   // the parameter clearing never reached) the sum over recording steps 0..3. Reproducing that
   // reproduces the run; the clean recipe (losses 18.1113, 17.6757) does not, and a Python port of
-  // upstream gives the same clean numbers as we do. Measured: losses 4e-8 relative, parameters
-  // 3e-6 relative.
+  // upstream gives the same clean numbers as we do.
+  //
+  // Both optimizers are sign-based where it matters here: SignSGD always, and AdamATan2's first
+  // update is lr/(1-b1) * atan2(0.1 g, |g|), the same full step for every g != 0. So an element
+  // whose gradient is at rounding level (a few 1e-6 of the tensor's largest, or exactly zero in
+  // one implementation and 1e-12 in the other) moves a full step in a direction the kernels
+  // choose, not the math, and "every element within 1e-4 after three updates" would depend on
+  // the BLAS. The check therefore splits elements by the gradients our replay applied:
+  // - clear: |g| > kClear = 1e-3 x the tensor's largest |g| at all three updates (below). Their
+  //   sign is the reference's on any CPU, so they must end within 1e-4 of the fixture (relative
+  //   to the tensor's largest value; measured 1.7e-5 to 1.9e-5 on AVX-512, AVX2 and scalar kernels);
+  // - small: the rest (small gradients, some at rounding level). At most 10 % of the elements may
+  //   be such (measured 7.4 %), and at most 0.1 % of all elements (264) may end away from the
+  //   fixture (measured: one element, on each of the three kernel sets), each by no more than the
+  //   optimizer's total step.
   auto model = load_model();
   model->train();
   const Batch batch = fixture_batch();
@@ -175,17 +247,73 @@ TEST(HrmParity, ThreeStepTrainingRunEndsInTheFixtureParameters) {
       carry = next;
     }
   }
-  const auto losses = run_three_training_steps(*model, batch);
+  SeenGradients seen;
+  const auto losses = run_three_training_steps(*model, batch, &seen);
+  // Our float32 gradients differ from float64 replays of the same run by at most 4.2e-5 of a
+  // tensor's largest element (measured at every update, with AVX-512 and with scalar kernels);
+  // the reference's differ by a similar amount, so signs can disagree only below ~1e-4. Above
+  // 1e-3, AdamATan2's scale-free steps also keep the float32 error of the step itself small.
+  const double kClear = 1e-3;
+  // The losses before each update: step 0 is the fixture's state, later ones follow updates in
+  // which only rounding-level elements can differ (measured 4e-8 relative).
   for (int k = 0; k < 3; ++k)
     EXPECT_CLOSE(torch::tensor(losses[k], torch::kDouble), "trainstep." + std::to_string(k) + ".loss", 1e-6);
+
+  const auto state = module_state(*model);
+  int64_t total = 0, small_gradient = 0, away = 0;
+  double worst_clear_all = 0;
   int checked = 0;
-  for (const auto& [name, t] : module_state(*model)) {
-    EXPECT_CLOSE(t, "trainstep.final.model.inner." + name, 1e-4);
+  for (const auto& [name, t] : state) {
+    const std::string key = "trainstep.final.model.inner." + name;
+    ASSERT_TRUE(expected().count(key)) << key;
+    const auto want = expected().at(key).to(torch::kDouble);
+    const auto got = t.detach().to(torch::kDouble);
     ++checked;
+    if (name == "H_init" || name == "L_init") {  // never trained
+      EXPECT_TRUE(test::same_tensor(got, want)) << name;
+      continue;
+    }
+    ASSERT_TRUE(seen[0].count(name)) << name << " received no gradient";
+    // Which elements had a clear gradient at every update, as a mask over the tensor.
+    torch::Tensor clear;
+    double max_step = 0;  // the largest total movement the optimizer can give one element
+    for (int k = 0; k < 3; ++k) {
+      auto g = seen[static_cast<size_t>(k)].at(name).to(torch::kDouble);
+      if (name == "puzzle_emb.weights") {
+        // Scatter the per-row sums onto the rows they update; other rows get no update.
+        const auto rows = seen[static_cast<size_t>(k)].at("puzzle_emb.rows");
+        g = torch::zeros_like(want).index_copy_(0, rows, g);
+        const auto updated = torch::zeros_like(want, torch::kBool).index_fill_(0, rows, true);
+        const auto c = (g.abs() > kClear * g.abs().max()) | ~updated;
+        clear = k == 0 ? c : clear & c;
+        max_step += 1e-2;
+      } else {
+        const auto c = g.abs() > kClear * g.abs().max();
+        clear = k == 0 ? c : clear & c;
+        max_step += 1e-3 / (1.0 - std::pow(0.9, k + 1)) * M_PI / 2;
+      }
+    }
+    const auto diff = (got - want).abs();
+    const double scale = want.abs().max().item<double>();
+    const double worst_clear = torch::where(clear, diff, torch::zeros_like(diff)).max().item<double>() / scale;
+    EXPECT_LE(worst_clear, 1e-4) << key << ": elements with a clear gradient";
+    worst_clear_all = std::max(worst_clear_all, worst_clear);
+    EXPECT_LE(diff.max().item<double>(), 2 * max_step + 1e-4 * scale) << key << ": more than the optimizer can move";
+    total += want.numel();
+    small_gradient += (~clear).sum().item<int64_t>();
+    away += (diff > 1e-4 * scale).sum().item<int64_t>();
   }
-  int expected_final = 0;
-  for (const auto& [k, v] : expected()) expected_final += k.rfind("trainstep.final.", 0) == 0;
-  EXPECT_EQ(checked, expected_final);
+  EXPECT_EQ(checked, [] {
+    int n = 0;
+    for (const auto& [k, v] : expected()) n += k.rfind("trainstep.final.", 0) == 0;
+    return n;
+  }());
+  const double small_share = static_cast<double>(small_gradient) / static_cast<double>(total);
+  const double away_share = static_cast<double>(away) / static_cast<double>(total);
+  std::cout << "[ measured ] " << total << " elements: " << small_share * 100 << " % with a small gradient, "
+            << away << " away from the fixture; clear elements within " << worst_clear_all << std::endl;
+  EXPECT_LE(small_share, 0.10);
+  EXPECT_LE(away_share, 0.001);
 }
 
 TEST(HrmParity, CleanTrainingRunLowersTheLoss) {
@@ -222,7 +350,7 @@ TEST(Optimizers, AdamAtan2MatchesItsFormulaInFloat64) {
   auto q = torch::ones({3}).requires_grad_(true);
   AdamATan2 idle({{"q", q}}, {lr, b1, b2, wd});
   idle.step();
-  EXPECT_TRUE(q.equal(torch::ones({3})));
+  EXPECT_TRUE(test::same_tensor(q, torch::ones({3})));
 }
 
 TEST(Optimizers, AdamAtan2StateRestoresExactly) {
@@ -248,7 +376,7 @@ TEST(Optimizers, AdamAtan2StateRestoresExactly) {
     first.step();
     second.step();
   }
-  EXPECT_TRUE(a.equal(b));
+  EXPECT_TRUE(test::same_tensor(a, b));
   NamedTensors bad = first.state();
   bad[0].second = torch::zeros({2});
   EXPECT_THROW(second.load_state(bad), ShapeError);
@@ -380,17 +508,26 @@ TEST(HrmCheckpoint, OwnFormatAndUpstreamExportRoundTrip) {
   for (const auto& [name, t] : original) {
     const std::string key = name.substr(std::string("_orig_mod.").size());
     ASSERT_TRUE(by_name.count(key)) << key;
-    EXPECT_TRUE(by_name[key].equal(t)) << key;
+    EXPECT_TRUE(test::same_tensor(by_name[key], t)) << key;
   }
-  if (test::test_python().empty()) return;
-  const auto r = test::run_python("import torch; sd = torch.load('" + (dir / "exported") +
-                                      "', weights_only=True); print(len(sd), type(sd).__name__, sd['model.inner.q_head.bias'].tolist())",
-                                  dir.path());
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.out.substr(0, 15), "23 OrderedDict ") << r.out;
+  // Python's torch.load gives the OrderedDict upstream's load_state_dict takes, with every value.
+  REQUIRE_PYTHON();
+  std::string type;
+  const auto py = test::as_python_reads_it(dir / "exported", "torch.load(path, weights_only=True)", dir.path(), &type);
+  EXPECT_EQ(type, "OrderedDict");
+  test::expect_same_tensor_map(py, exported);
+  test::expect_same_tensor_map(py, strip_key_prefixes(original, {}));
 }
 
 // ---- hrm_infer (the contract) -------------------------------------------------------------------
+
+// Gradients 1e-4; outputs of ACT step k (names "<mode>.<k>.<output>") float32 vs fixture as above.
+double contract_tolerance(const std::string& name) {
+  if (name.rfind("grad.", 0) == 0) return 1e-4;
+  const auto dot = name.find('.');
+  const int64_t k = std::stoll(name.substr(dot + 1, name.find('.', dot + 1) - dot - 1));
+  return fixture_rounding(k) + our_rounding(k);
+}
 
 TEST(HrmInfer, ReproducesTheFixtureThroughItsContract) {
   ScratchDir dir;
@@ -406,8 +543,8 @@ TEST(HrmInfer, ReproducesTheFixtureThroughItsContract) {
       if (!expected().count(name)) continue;
       const auto& want = expected().at(name);
       EXPECT_EQ(t.scalar_type(), want.scalar_type()) << name;
-      if (want.is_floating_point()) EXPECT_LE(rel_error(t, want), name.rfind("grad.", 0) == 0 ? 1e-4 : 1e-5) << name;
-      else EXPECT_TRUE(t.equal(want)) << name;
+      if (want.is_floating_point()) EXPECT_LE(rel_error(t, want), contract_tolerance(name)) << name;
+      else EXPECT_TRUE(test::same_tensor(t, want)) << name;
       ++compared;
     }
   int fixture_outputs = 0;

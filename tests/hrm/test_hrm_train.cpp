@@ -73,10 +73,10 @@ TEST(PuzzleDataset, ReadsUpstreamLayoutWrittenByNumpy) {
   const auto labels = read_npy(dir / "d/train/all__labels.npy").to(torch::kInt);
   const auto ids = read_npy(dir / "d/train/all__puzzle_identifiers.npy");
   const Batch b = data.gather({0, 5, 23}, 4);
-  EXPECT_TRUE(b.inputs.narrow(0, 0, 3).equal(inputs.index_select(0, torch::tensor({0, 5, 23}))));
+  EXPECT_TRUE(test::same_tensor(b.inputs.narrow(0, 0, 3), inputs.index_select(0, torch::tensor({0, 5, 23}))));
   auto want_labels = labels.index_select(0, torch::tensor({0, 5, 23}));
   want_labels.masked_fill_(want_labels == 0, -100);
-  EXPECT_TRUE(b.labels.narrow(0, 0, 3).equal(want_labels));
+  EXPECT_TRUE(test::same_tensor(b.labels.narrow(0, 0, 3), want_labels));
   EXPECT_EQ(b.puzzle_identifiers[0].item<int>(), ids[0].item<int>());
   EXPECT_EQ(b.puzzle_identifiers[1].item<int>(), ids[1].item<int>());  // example 5 belongs to puzzle 1
   EXPECT_EQ(b.puzzle_identifiers[2].item<int>(), ids[7].item<int>());
@@ -88,13 +88,18 @@ TEST(PuzzleDataset, ReadsUpstreamLayoutWrittenByNumpy) {
 }
 
 TEST(PuzzleDataset, NullIgnoreLabelKeepsEveryLabel) {
+  // With ignore_label_id null, label 0 is a class like any other: it must reach the batch as 0,
+  // not as the ignore value -100.
   REQUIRE_NUMPY();
   ScratchDir dir;
-  write_dataset(dir / "d", "--seq-len 5 --vocab 4 --groups 3 --dtype uint8");
+  write_dataset(dir / "d", "--seq-len 5 --vocab 4 --groups 3 --dtype uint8 --zero-label-share 0.4");
   PuzzleDataset data(dir / "d/train");
   EXPECT_FALSE(data.metadata().ignore_label_id.has_value());
   const Batch b = data.gather({0, 1, 2}, 3);
-  EXPECT_TRUE((b.labels >= 1).all().item<bool>());
+  const auto labels = read_npy(dir / "d/train/all__labels.npy").to(torch::kInt);
+  ASSERT_GT((labels == 0).sum().item<int64_t>(), 0) << "the writer made no label 0";
+  EXPECT_TRUE(test::same_tensor(b.labels, labels.narrow(0, 0, 3)));
+  EXPECT_EQ((b.labels == -100).sum().item<int64_t>(), 0);
 }
 
 TEST(PuzzleDataset, TrainSamplerTakesOnePuzzlePerGroupPerEpoch) {
@@ -216,6 +221,14 @@ TEST(PuzzleDataset, BadInputsNameTheFile) {
 
 // ---- the Trainer, with a fake task --------------------------------------------------------------
 
+// The series called `name`; a test failure (and an empty series) when there is none.
+Series series_named(const std::vector<Series>& all, const std::string& name) {
+  for (const auto& s : all)
+    if (s.name == name) return s;
+  ADD_FAILURE() << "no series " << name;
+  return Series{};
+}
+
 // Loss = 1 / step, NaN from `nan_at`; a period ends every 4 steps; state is the step count.
 class FakeTask : public TrainTask {
  public:
@@ -266,11 +279,7 @@ TEST(Trainer, EvaluatesAtPeriodEndsKeepsNewestCheckpointsAndLogsEveryStep) {
   for (const auto& name : list_directory(dir / "run/checkpoints")) names.insert(name);
   EXPECT_EQ(names, (std::set<std::string>{"latest", "step_8", "step_10"}));
   EXPECT_EQ(latest_checkpoint(dir / "run"), dir / "run/checkpoints/step_10");
-  const auto series = read_metric_series(dir / "run/metrics.jsonl");
-  int train_points = 0;
-  for (const auto& s : series)
-    if (s.name == "train/loss") train_points = static_cast<int>(s.y.size());
-  EXPECT_EQ(train_points, 10);
+  EXPECT_EQ(series_named(read_metric_series(dir / "run/metrics.jsonl"), "train/loss").y.size(), 10u);
   write_training_plot(dir / "run/metrics.jsonl", dir / "run/curves.svg");
   EXPECT_NE(test::read_bytes(dir / "run/curves.svg").find("<polyline"), std::string::npos);
   // A second start in the same directory is refused.
@@ -302,12 +311,12 @@ TEST(Trainer, StopRequestSavesAndResumeCutsMetricsBack) {
   EXPECT_EQ(second.resume(), 1);
   EXPECT_EQ(resumed.state, 1);
   EXPECT_EQ(second.run(), Trainer::Outcome::kFinished);
-  const auto series = read_metric_series(dir / "run/metrics.jsonl");
-  for (const auto& s : series)
-    if (s.name == "train/loss") {
-      ASSERT_EQ(s.y.size(), 10u);
-      for (size_t i = 0; i < s.y.size(); ++i) EXPECT_DOUBLE_EQ(s.y[i], 1.0 / static_cast<double>(i + 1));
-    }
+  const auto loss = series_named(read_metric_series(dir / "run/metrics.jsonl"), "train/loss");
+  ASSERT_EQ(loss.y.size(), 10u);
+  for (size_t i = 0; i < loss.y.size(); ++i) {
+    EXPECT_DOUBLE_EQ(loss.x[i], static_cast<double>(i + 1));
+    EXPECT_DOUBLE_EQ(loss.y[i], 1.0 / static_cast<double>(i + 1));
+  }
 }
 
 TEST(Trainer, NonFiniteLossStopsWithTheNewestCheckpointNamed) {
@@ -363,9 +372,7 @@ Json tiny_config(const std::string& data_path) {
 }
 
 std::vector<double> train_losses(const std::string& run_dir, const std::string& name = "train/loss") {
-  for (const auto& s : read_metric_series(run_dir + "/metrics.jsonl"))
-    if (s.name == name) return s.y;
-  return {};
+  return series_named(read_metric_series(run_dir + "/metrics.jsonl"), name).y;
 }
 
 TEST(HrmTraining, ResumedRunEqualsUninterruptedRunStepForStep) {

@@ -24,6 +24,8 @@ def write_split(path, args, rng, groups):
                 lab = rng.integers(1, args.vocab, size=args.seq_len)
                 if args.ignore_label is not None:
                     lab[rng.random(args.seq_len) < 0.2] = args.ignore_label
+                if args.zero_label_share > 0:
+                    lab[rng.random(args.seq_len) < args.zero_label_share] = 0
                 labels.append(lab)
             puzzle_identifiers.append(next_id if args.identifiers > 1 else 0)
             next_id = next_id % (args.identifiers - 1) + 1 if args.identifiers > 1 else 0
@@ -61,6 +63,8 @@ def main():
     p.add_argument("--examples-per-puzzle", type=int, default=1)
     p.add_argument("--dtype", default="uint8")
     p.add_argument("--ignore-label", type=int, default=None)
+    p.add_argument("--zero-label-share", type=float, default=0.0,
+                   help="share of labels set to 0 (a real class when ignore_label_id is null)")
     p.add_argument("--identifiers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()

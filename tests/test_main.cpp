@@ -1,0 +1,51 @@
+// main() of every test binary: GoogleTest, plus the guards that keep a green run meaningful.
+// - A binary that ran no test fails (a stray GTEST_FILTER, a typo in --gtest_filter, an empty
+//   suite), where GoogleTest alone would exit 0.
+// - A skipped test fails the binary unless HRMCLARA_ALLOW_SKIPS=1: CI installs everything the
+//   tests need, so a skip there means a missing dependency, not an optional one.
+// - The last line is "<binary>: N passed, N failed, N skipped", which scripts/test.sh adds up.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+namespace {
+
+// Names the skipped tests with their messages, since --gtest_brief hides them.
+class SkipReporter : public testing::EmptyTestEventListener {
+ public:
+  void OnTestPartResult(const testing::TestPartResult& result) override {
+    if (!result.skipped()) return;
+    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
+    std::fprintf(stderr, "SKIPPED %s.%s: %s\n", info ? info->test_suite_name() : "?", info ? info->name() : "?",
+                 result.message());
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  testing::InitGoogleTest(&argc, argv);
+  testing::UnitTest::GetInstance()->listeners().Append(new SkipReporter);
+  const int status = RUN_ALL_TESTS();
+  const auto* unit = testing::UnitTest::GetInstance();
+  std::string name = argv[0];
+  name = name.substr(name.find_last_of('/') + 1);
+  const int ran = unit->test_to_run_count(), skipped = unit->skipped_test_count();
+  std::printf("%s: %d passed, %d failed, %d skipped\n", name.c_str(), unit->successful_test_count(),
+              unit->failed_test_count(), skipped);
+  if (ran == 0) {
+    const char* filter = std::getenv("GTEST_FILTER");
+    std::fprintf(stderr, "%s: error: no test ran (%d registered; GTEST_FILTER=%s)\n", name.c_str(),
+                 unit->total_test_count(), filter ? filter : "unset");
+    return 1;
+  }
+  const char* allow = std::getenv("HRMCLARA_ALLOW_SKIPS");
+  if (skipped > 0 && !(allow && std::string(allow) == "1")) {
+    std::fprintf(stderr, "%s: error: %d test(s) skipped (set HRMCLARA_ALLOW_SKIPS=1 to accept skips)\n", name.c_str(),
+                 skipped);
+    return 1;
+  }
+  return status;
+}
