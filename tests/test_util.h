@@ -65,7 +65,9 @@ inline CommandResult run_command(const std::string& command, const std::string& 
 // Python with torch (the set-up's venv), for tests that check Python reads what we write; empty
 // when the build was configured without one.
 inline std::string test_python() {
-  const std::string python = HRMCLARA_TEST_PYTHON;
+  // HRMCLARA_TEST_PYTHON in the environment overrides the configured one ("" = none).
+  const char* from_env = std::getenv("HRMCLARA_TEST_PYTHON");
+  const std::string python = from_env ? from_env : HRMCLARA_TEST_PYTHON;
   return !python.empty() && access(python.c_str(), X_OK) == 0 ? python : "";
 }
 

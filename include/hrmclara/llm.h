@@ -140,6 +140,10 @@ GenerationResult generate(const DecoderLM& model, const at::Tensor& input_ids, c
 GenerationResult generate_from_embeds(const DecoderLM& model, const at::Tensor& inputs_embeds,
                                       const at::Tensor& attention_mask, const GenerationOptions& options);
 
+// The distribution sampled decoding draws from: float32 probabilities [B, V] after transformers'
+// warpers in their order (temperature, then top-k, then top-p; filtered tokens get 0).
+at::Tensor sampling_probabilities(const at::Tensor& logits, const GenerationOptions& options);
+
 // Picks next tokens [B] from last-position logits [B, V] under `options` (greedy or sampled).
 at::Tensor select_next_tokens(const at::Tensor& logits, const GenerationOptions& options, at::Generator& generator);
 

@@ -1,16 +1,22 @@
-// The decoder LLM's tokenizer: SentencePiece (through the plugin of tokenizer.h) plus Hugging
-// Face "added tokens" -- special strings such as <s>, </s> or CLaRa's <MEM0>..<SEP> that are found
-// in the text before SentencePiece runs and map straight to their ids -- and the chat template.
-// Semantics follow transformers' fast tokenizer built from a legacy Mistral/Llama tokenizer.json
-// (normalizer Prepend('▁') + Replace, no pre-tokenizer):
-//  * special tokens are matched leftmost-longest, case-sensitive; spaces next to them stay in the
-//    neighbouring text (unless the token was declared with lstrip / rstrip);
-//  * every non-empty text segment is encoded by SentencePiece on its own, so each one gets its own
-//    dummy-prefix '▁' (with `"legacy": false` in tokenizer_config.json only the first segment of
-//    the text does, as transformers' non-legacy Llama tokenizer behaves);
-//  * decoding replaces '▁' by ' ', joins runs of <0xNN> byte pieces and decodes them as UTF-8
-//    (an invalid run becomes one U+FFFD per byte), emits special tokens as their text, and strips
-//    one leading space from the whole string.
+// The decoder LLM's tokenizer: SentencePiece (through the plugin of tokenizer.h) plus Hugging Face
+// "added tokens" -- special strings such as <s>, </s> or CLaRa's <MEM0>..<SEP> that are found in
+// the text before SentencePiece runs and map straight to their ids -- and the chat template.
+// Semantics follow transformers' AutoTokenizer (4.56, tokenizers 0.22) on such a folder: the fast
+// tokenizer converted from tokenizer.model. Legacy (the default): normalizer Prepend('▁') +
+// Replace(' ', '▁'), no pre-tokenizer; `"legacy": false`: no normalizer, pre-tokenizer
+// Metaspace(prepend_scheme "first"). tests/fixtures/tokenizer-cases holds transformers' answers.
+//  * Added tokens are matched leftmost-longest, case-sensitive. Those with normalized = false
+//    (special tokens, as a rule) are matched in the raw text first; those with normalized = true
+//    (by default the non-special ones) then in each remaining piece after normalization -- legacy:
+//    as '▁' + content with spaces as '▁', so such a token also takes the space before it and is
+//    not found right after other text. lstrip / rstrip swallow Unicode whitespace (not '▁') on
+//    that side; otherwise spaces next to a token stay in the neighbouring text.
+//  * Legacy: every text piece between raw-matched tokens gets its own dummy-prefix '▁' (also one
+//    right after a special token); pieces after a normalized token get none. Non-legacy: only a
+//    piece at the very start of the text gets a '▁', and only if it does not begin with a space.
+//  * Decoding runs every token, added ones too, through Replace('▁', ' '), ByteFallback (runs of
+//    <0xNN> pieces decode as UTF-8, an invalid run as one U+FFFD per byte), Fuse, and strips one
+//    leading space from the whole string.
 // This header needs no torch.
 #pragma once
 
@@ -26,6 +32,7 @@ struct AddedToken {
   bool special = true;   // dropped by decode(skip_special_tokens = true)
   bool lstrip = false;   // the match also swallows whitespace on its left
   bool rstrip = false;   // ... and on its right
+  bool normalized = false;  // matched in the normalized text, after the raw-text tokens (see above)
 };
 
 struct ChatMessage {
@@ -35,11 +42,15 @@ struct ChatMessage {
 
 class LlmTokenizer {
  public:
-  // Loads `dir`/tokenizer.model, then tokenizer_config.json (bos/eos/unk/pad tokens,
-  // add_bos_token, add_eos_token, legacy, chat_template, added_tokens_decoder),
-  // special_tokens_map.json and added_tokens.json when present. The SentencePiece control
-  // and unknown pieces (<unk>, <s>, </s>) are matched in text like the base tokenizer's own
-  // added tokens. Throws IoError / FormatError naming the file.
+  // Loads `dir`/tokenizer.model, then tokenizer_config.json (bos/eos/unk/pad/sep/cls/mask and
+  // additional special tokens, add_bos_token, add_eos_token, legacy, chat_template,
+  // added_tokens_decoder) and chat_template.jinja when present. As transformers does, it reads
+  // special_tokens_map.json (whose tokens then replace the config's) and added_tokens.json only
+  // when tokenizer_config.json has no added_tokens_decoder, and it refuses a token given in
+  // tokenizer_config.json as an object without "__type": "AddedToken". Named special tokens missing
+  // from the vocabulary are added after it. The SentencePiece control and unknown pieces (<unk>,
+  // <s>, </s>) are matched in text like the base tokenizer's own added tokens. Throws IoError /
+  // FormatError naming the file.
   explicit LlmTokenizer(const std::string& dir);
   ~LlmTokenizer();
   LlmTokenizer(LlmTokenizer&&) noexcept;
@@ -69,13 +80,15 @@ class LlmTokenizer {
   void set_pad_id(int id);             // CLaRa uses pad = bos
   const std::vector<AddedToken>& added_tokens() const;
 
-  // Renders a conversation with the model's chat template. Supported: the Mistral-instruct
-  // template (the one tokenizer_config.json of Mistral-7B-Instruct-v0.2 ships, and the default
-  // when the config has none): bos + for each user turn " [INST] " + content + " [/INST]" (the
-  // optional leading system message is prepended to the first user turn followed by "\n\n"), and
-  // for each assistant turn " " + content + eos. Roles must alternate user/assistant after the
-  // optional system message; add_generation_prompt has no effect for this template. Throws
-  // UsageError for bad conversations and FormatError for a template it does not know.
+  // Renders a conversation with the model's chat template: chat_template.jinja if the folder has
+  // one, else tokenizer_config.json's chat_template (a string, or the list entry named "default").
+  // Supported: the Mistral-instruct template (the one tokenizer_config.json of
+  // Mistral-7B-Instruct-v0.2 ships): bos + for each user turn " [INST] " + content + " [/INST]"
+  // (the optional leading system message is prepended to the first user turn followed by
+  // "\n\n"), and for each assistant turn " " + content + eos. Roles must alternate
+  // user/assistant after the optional system message; add_generation_prompt has no effect for
+  // this template. Throws UsageError for bad conversations, FormatError for a template it does not
+  // know and for a folder without a template (transformers has no default template either).
   std::string apply_chat_template(const std::vector<ChatMessage>& messages,
                                   bool add_generation_prompt = true) const;
 

@@ -123,8 +123,7 @@ GenerationResult run_generation(const DecoderLM& model, const at::Tensor& prompt
 
 }  // namespace
 
-at::Tensor select_next_tokens(const at::Tensor& logits, const GenerationOptions& o, at::Generator& generator) {
-  if (!o.do_sample) return logits.argmax(-1).to(at::kCPU);
+at::Tensor sampling_probabilities(const at::Tensor& logits, const GenerationOptions& o) {
   // transformers' warper order: temperature, top-k, top-p.
   auto scores = logits.to(at::kFloat) / o.temperature;
   const double neg_inf = -std::numeric_limits<double>::infinity();
@@ -140,7 +139,12 @@ at::Tensor select_next_tokens(const at::Tensor& logits, const GenerationOptions&
     remove.select(-1, remove.size(-1) - 1).fill_(false);
     scores = scores.masked_fill(remove.scatter(-1, order, remove), neg_inf);
   }
-  const auto probs = scores.softmax(-1).to(at::kCPU);
+  return scores.softmax(-1);
+}
+
+at::Tensor select_next_tokens(const at::Tensor& logits, const GenerationOptions& o, at::Generator& generator) {
+  if (!o.do_sample) return logits.argmax(-1).to(at::kCPU);
+  const auto probs = sampling_probabilities(logits, o).to(at::kCPU);
   return at::multinomial(probs, 1, /*replacement=*/false, generator).squeeze(-1);
 }
 

@@ -1,6 +1,6 @@
 // The LLM tokenizer: SentencePiece plus Hugging Face added tokens and the Mistral-instruct chat
-// template. See llm_tokenizer.h for the semantics reproduced (transformers 4.56 / tokenizers 0.22
-// with a legacy Mistral tokenizer.json). No torch here.
+// template. See llm_tokenizer.h for the semantics reproduced (transformers 4.56 / tokenizers 0.22:
+// the fast tokenizer converted from tokenizer.model). No torch here.
 #include <hrmclara/config.h>
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
@@ -11,7 +11,9 @@
 
 #include <algorithm>
 #include <array>
+#include <optional>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace hrmclara {
 
@@ -19,6 +21,14 @@ namespace {
 
 const std::string kSpaceMarker = "\xE2\x96\x81";      // '▁', SentencePiece's space
 const std::string kReplacementChar = "\xEF\xBF\xBD";  // U+FFFD
+// U+E000 (private use): in no piece of a Llama / Mistral vocabulary, so SentencePiece never merges
+// it with its neighbours (see Impl::encode_piece).
+const std::string kSentinel = "\xEE\x80\x80";
+
+// The special-token fields of tokenizer_config.json / special_tokens_map.json, in transformers'
+// order (SPECIAL_TOKENS_ATTRIBUTES without additional_special_tokens).
+const char* const kNamedTokens[] = {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"};
+constexpr size_t kNamedTokenCount = sizeof(kNamedTokens) / sizeof(kNamedTokens[0]);
 
 // ---- JSON fields ------------------------------------------------------------------------------
 
@@ -30,29 +40,49 @@ Json read_json_object(const std::string& path) {
 
 bool has_value(const Json& j, const std::string& key) { return j.contains(key) && !j[key].is_null(); }
 
-// A token field: "<s>", {"content": "<s>", ...}; "" when absent or null.
-std::string token_field(const Json& j, const std::string& key, const std::string& path) {
-  if (!has_value(j, key)) return "";
-  const Json& v = j[key];
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
-  throw FormatError(path + ": field '" + key + "' must be a string or an object with a string 'content'");
-}
-
 bool bool_field(const Json& j, const std::string& key, bool fallback, const std::string& path) {
   if (!has_value(j, key)) return fallback;
   if (!j[key].is_boolean()) throw FormatError(path + ": field '" + key + "' must be true or false");
   return j[key].get<bool>();
 }
 
-std::vector<std::string> token_list_field(const Json& j, const std::string& key, const std::string& path) {
-  std::vector<std::string> out;
-  if (!has_value(j, key)) return out;
-  if (!j[key].is_array()) throw FormatError(path + ": field '" + key + "' must be a list");
-  for (const Json& t : j[key]) {
-    if (t.is_string()) out.push_back(t.get<std::string>());
-    else if (t.is_object() && t.contains("content") && t["content"].is_string()) out.push_back(t["content"].get<std::string>());
-    else throw FormatError(path + ": field '" + key + "' holds an entry that is neither a string nor {\"content\": ...}");
+// A special token as a config file names it: a string (special, matched in the raw text), or an
+// object with "content" and flags. In tokenizer_config.json transformers takes an object only as a
+// serialized AddedToken ("__type": "AddedToken"), built with special = false unless given, so its
+// "normalized" defaults to true; special_tokens_map.json's objects are special, so theirs defaults
+// to false. Either way the token then is special. Null or "" names no token. `where` is
+// "FILE: field 'KEY'".
+std::optional<AddedToken> special_token_entry(const Json& v, bool from_special_tokens_map, const std::string& where) {
+  AddedToken t;
+  if (v.is_null()) return std::nullopt;
+  if (v.is_string()) {
+    t.content = v.get<std::string>();
+  } else if (v.is_object() && v.contains("content") && v["content"].is_string()) {
+    if (!from_special_tokens_map && !(v.contains("__type") && v["__type"] == "AddedToken"))
+      throw FormatError(where + " is an object without \"__type\": \"AddedToken\", which transformers refuses here; "
+                        "give the token as a string");
+    t.content = v["content"].get<std::string>();
+    t.special = from_special_tokens_map || bool_field(v, "special", false, where);
+    t.normalized = bool_field(v, "normalized", !t.special, where);
+    t.lstrip = bool_field(v, "lstrip", false, where);
+    t.rstrip = bool_field(v, "rstrip", false, where);
+  } else {
+    throw FormatError(where + " must be a string or an object with a string 'content'");
+  }
+  t.special = true;
+  if (t.content.empty()) return std::nullopt;
+  return t;
+}
+
+// additional_special_tokens: a list of such entries.
+std::vector<AddedToken> special_token_list(const Json& j, bool from_special_tokens_map, const std::string& path) {
+  std::vector<AddedToken> out;
+  const std::string where = path + ": field 'additional_special_tokens'";
+  if (!has_value(j, "additional_special_tokens")) return out;
+  if (!j["additional_special_tokens"].is_array()) throw FormatError(where + " must be a list");
+  for (const Json& entry : j["additional_special_tokens"]) {
+    if (entry.is_null()) throw FormatError(where + " holds null");
+    if (auto t = special_token_entry(entry, from_special_tokens_map, where)) out.push_back(*t);
   }
   return out;
 }
@@ -162,12 +192,16 @@ struct LlmTokenizer::Impl {
   std::vector<AddedToken> added;               // in the order they were added
   std::unordered_map<std::string, int> id_of;  // added token content -> id
   std::unordered_map<int, size_t> index_of;    // added token id -> index in `added`
-  std::array<std::vector<size_t>, 256> by_first_byte;  // indices into `added`, longest first
+  // Matching, rebuilt by reindex(): per added token the text searched for, and per first byte
+  // of it the indices into `added`, longest first: raw-text tokens and normalized tokens apart.
+  std::vector<std::string> match_text;
+  std::array<std::vector<size_t>, 256> raw_tokens, normalized_tokens;
+  bool any_normalized = false;
+  std::vector<int> sentinel_ids;  // encode(kSentinel) when its last ids are its three bytes, else empty
   int vocab = 0;
   int bos = -1, eos = -1, unk = -1, pad = -1;
   bool add_bos = true, add_eos = false, legacy = true;
-  std::string chat_template, chat_template_source;  // empty template: the default Mistral one
-  size_t unk_prefix_length = 0;                     // pieces of encode(unk piece), non-legacy only
+  std::string chat_template, chat_template_source;  // empty template: none
 
   // Registers an added token. `source` names where it came from, for errors. An existing token
   // (same content and id) takes the new flags when `update_flags`, else keeps its own.
@@ -186,14 +220,9 @@ struct LlmTokenizer::Impl {
     if (same_id != index_of.end())
       throw FormatError(source + ": id " + std::to_string(token.id) + " is given to both '" +
                         added[same_id->second].content + "' and '" + token.content + "'");
-    const size_t index = added.size();
-    added.push_back(token);
+    index_of[token.id] = added.size();
     id_of[token.content] = token.id;
-    index_of[token.id] = index;
-    auto& bucket = by_first_byte[static_cast<unsigned char>(token.content[0])];
-    bucket.insert(std::upper_bound(bucket.begin(), bucket.end(), index,
-                                   [&](size_t a, size_t b) { return added[a].content.size() > added[b].content.size(); }),
-                  index);
+    added.push_back(token);
     vocab = std::max(vocab, token.id + 1);
   }
 
@@ -208,17 +237,40 @@ struct LlmTokenizer::Impl {
     return id;
   }
 
-  // Registers `content` as a special added token (new ones get the next id); returns its id.
-  int ensure_special(const std::string& content, const std::string& source) {
-    int id = find(content);
+  // Makes `token.content` a special added token and returns its id: an existing token or piece
+  // keeps its id and flags (and becomes special), a new one gets the next id and `token`'s flags.
+  int ensure_special(AddedToken token, const std::string& source) {
+    int id = find(token.content);
     if (id < 0) id = vocab;
     const auto existing = index_of.find(id);
     if (existing != index_of.end()) {
       added[existing->second].special = true;
       return id;
     }
-    add({content, id, true, false, false}, source, false);
+    token.id = id;
+    token.special = true;
+    add(token, source, false);
     return id;
+  }
+
+  // Rebuilds the matching tables after tokens were added or changed.
+  void reindex() {
+    match_text.assign(added.size(), "");
+    for (auto& bucket : raw_tokens) bucket.clear();
+    for (auto& bucket : normalized_tokens) bucket.clear();
+    any_normalized = false;
+    for (size_t i = 0; i < added.size(); ++i) {
+      const AddedToken& t = added[i];
+      // Legacy: the normalizer (Prepend '▁', spaces as '▁') runs on a normalized token's content
+      // too. Non-legacy there is no normalizer.
+      match_text[i] = t.normalized && legacy ? kSpaceMarker + replace_all(t.content, " ", kSpaceMarker) : t.content;
+      (t.normalized ? normalized_tokens : raw_tokens)[static_cast<unsigned char>(match_text[i][0])].push_back(i);
+      any_normalized |= t.normalized;
+    }
+    for (auto* table : {&raw_tokens, &normalized_tokens})
+      for (auto& bucket : *table)
+        std::stable_sort(bucket.begin(), bucket.end(),
+                         [&](size_t a, size_t b) { return match_text[a].size() > match_text[b].size(); });
   }
 
   std::string token_of(int id) const {
@@ -236,27 +288,82 @@ struct LlmTokenizer::Impl {
     return it != index_of.end() && added[it->second].special;
   }
 
-  // The longest added token that starts at `pos`, or null.
-  const AddedToken* match_at(const std::string& text, size_t pos) const {
-    for (size_t index : by_first_byte[static_cast<unsigned char>(text[pos])]) {
-      const auto& t = added[index];
-      if (text.compare(pos, t.content.size(), t.content) == 0) return &t;
+  // Splits `text` on the tokens of `table`, leftmost-longest, as tokenizers' AddedVocabulary does:
+  // on_text(begin, end) for the text between tokens (less what lstrip / rstrip swallow),
+  // on_token(token) for each match.
+  template <class OnText, class OnToken>
+  void split(const std::string& text, const std::array<std::vector<size_t>, 256>& table, OnText on_text,
+             OnToken on_token) const {
+    size_t text_begin = 0, pos = 0;
+    while (pos < text.size()) {
+      const size_t* found = nullptr;
+      for (const size_t& index : table[static_cast<unsigned char>(text[pos])])
+        if (text.compare(pos, match_text[index].size(), match_text[index]) == 0) {
+          found = &index;
+          break;
+        }
+      if (!found) {
+        ++pos;
+        continue;
+      }
+      const AddedToken& token = added[*found];
+      const size_t text_end = token.lstrip ? whitespace_run_start(text, text_begin, pos) : pos;
+      if (text_end > text_begin) on_text(text_begin, text_end);
+      on_token(token);
+      pos += match_text[*found].size();
+      if (token.rstrip) pos = whitespace_run_end(text, pos);
+      text_begin = pos;
     }
-    return nullptr;
+    if (text.size() > text_begin) on_text(text_begin, text.size());
   }
 
-  // SentencePiece on one text segment. Legacy: with its own dummy-prefix '▁'. Non-legacy: the
-  // whole text got one '▁' up front, so the segment is encoded as if it followed the unknown
-  // piece (encode(unk + segment), dropping unk's pieces), as transformers' LlamaTokenizer does.
-  void encode_segment(const std::string& text, std::vector<int>& out) const {
-    if (legacy) {
-      const auto ids = spm->encode(text);
+  // The BPE model on an already normalized / pre-tokenized piece ('▁' for spaces), adding no
+  // '▁' of its own. SentencePiece always adds its dummy prefix, so a piece that starts with '▁'
+  // is given without it, and any other is encoded behind kSentinel, whose ids are then dropped:
+  // no merge can cross the sentinel, so the rest is the piece's own encoding. (A model without
+  // byte fallback turns the sentinel into <unk>; there the piece is encoded with the prefix and a
+  // lone leading '▁' dropped, which may merge differently.)
+  void encode_piece(const std::string& piece, std::vector<int>& out) const {
+    if (piece.empty()) return;
+    if (piece.size() > kSpaceMarker.size() && piece.compare(0, kSpaceMarker.size(), kSpaceMarker) == 0) {
+      const auto ids = spm->encode(piece.substr(kSpaceMarker.size()));
       out.insert(out.end(), ids.begin(), ids.end());
       return;
     }
-    const auto ids = spm->encode(spm->id_to_piece(spm->unk_id()) + text);
-    const size_t skip = std::min(unk_prefix_length, ids.size());
+    auto ids = spm->encode(sentinel_ids.empty() ? piece : kSentinel + piece);
+    size_t skip = 0;
+    if (!sentinel_ids.empty() && ids.size() >= sentinel_ids.size() &&
+        std::equal(sentinel_ids.begin(), sentinel_ids.end(), ids.begin()))
+      skip = sentinel_ids.size();
+    else if (sentinel_ids.empty() && !ids.empty() && spm->id_to_piece(ids[0]) == kSpaceMarker)
+      skip = 1;
     out.insert(out.end(), ids.begin() + static_cast<std::ptrdiff_t>(skip), ids.end());
+  }
+
+  // One piece of text between raw-matched tokens, starting at byte `offset` of the input.
+  void encode_text(const std::string& text, size_t offset, std::vector<int>& out) const {
+    auto push_token = [&](const AddedToken& t) { out.push_back(t.id); };
+    if (legacy) {
+      if (!any_normalized) {  // Prepend + Replace, then BPE: what SentencePiece does itself
+        const auto ids = spm->encode(text);
+        out.insert(out.end(), ids.begin(), ids.end());
+        return;
+      }
+      const std::string normalized = kSpaceMarker + replace_all(text, " ", kSpaceMarker);
+      split(normalized, normalized_tokens,
+            [&](size_t b, size_t e) { encode_piece(normalized.substr(b, e - b), out); }, push_token);
+      return;
+    }
+    // Non-legacy: normalized tokens are matched as they are (there is no normalizer), then
+    // Metaspace(prepend_scheme "first"): spaces become '▁', and a piece at the start of the input
+    // gets a '▁' in front unless it begins with one.
+    split(text, normalized_tokens,
+          [&](size_t b, size_t e) {
+            std::string piece = replace_all(text.substr(b, e - b), " ", kSpaceMarker);
+            if (offset + b == 0 && piece.compare(0, kSpaceMarker.size(), kSpaceMarker) != 0) piece = kSpaceMarker + piece;
+            encode_piece(piece, out);
+          },
+          push_token);
   }
 };
 
@@ -270,22 +377,43 @@ LlmTokenizer::LlmTokenizer(const std::string& dir) : impl_(std::make_unique<Impl
   m.unk = m.spm->unk_id();
   m.bos = m.spm->bos_id();
   m.eos = m.spm->eos_id();
+  {
+    const auto ids = m.spm->encode(kSentinel);
+    const size_t n = ids.size();
+    auto byte_at = [&](size_t k) { return byte_piece_value(m.spm->id_to_piece(ids[n - 3 + k])); };
+    if (n >= 3 && byte_at(0) == 0xEE && byte_at(1) == 0x80 && byte_at(2) == 0x80) m.sentinel_ids = ids;
+  }
   // The base tokenizer's unknown and control pieces are matched in text, as Mistral's and
   // Llama's tokenizer.json declare them as special added tokens.
   for (int id : {m.unk, m.bos, m.eos})
-    if (id >= 0 && id < m.vocab && !m.index_of.count(id)) m.add({m.spm->id_to_piece(id), id, true, false, false}, model_path, false);
+    if (id >= 0 && id < m.vocab && !m.index_of.count(id)) m.add({m.spm->id_to_piece(id), id, true, false, false, false}, model_path, false);
 
   m.config_path = dir + "/tokenizer_config.json";
   Json config = Json::object();
   if (file_exists(m.config_path)) config = read_json_object(m.config_path);
   const std::string& cfg = m.config_path;
+  m.add_bos = bool_field(config, "add_bos_token", true, cfg);
+  m.add_eos = bool_field(config, "add_eos_token", false, cfg);
+  m.legacy = bool_field(config, "legacy", true, cfg);
+
+  // Named special tokens and additional_special_tokens, with the file that gave them.
+  std::array<std::optional<AddedToken>, kNamedTokenCount> named;
+  std::array<std::string, kNamedTokenCount> named_source;
+  for (size_t k = 0; k < kNamedTokenCount; ++k) {
+    if (!config.contains(kNamedTokens[k])) continue;
+    named_source[k] = cfg + ": field '" + kNamedTokens[k] + "'";
+    named[k] = special_token_entry(config[kNamedTokens[k]], false, named_source[k]);
+  }
+  std::vector<AddedToken> extra = special_token_list(config, false, cfg);
+  std::string extra_source = cfg + ": field 'additional_special_tokens'";
 
   if (has_value(config, "added_tokens_decoder")) {
+    // transformers then reads neither special_tokens_map.json nor added_tokens.json.
     const Json& decoder = config["added_tokens_decoder"];
     if (!decoder.is_object()) throw FormatError(cfg + ": field 'added_tokens_decoder' must be an object of id -> token");
     std::vector<AddedToken> tokens;
     for (const auto& [key, entry] : decoder.items()) {
-      const std::string field = "added_tokens_decoder['" + key + "']";
+      const std::string field = cfg + ": field added_tokens_decoder['" + key + "']";
       AddedToken t;
       size_t used = 0;
       try {
@@ -293,64 +421,76 @@ LlmTokenizer::LlmTokenizer(const std::string& dir) : impl_(std::make_unique<Impl
       } catch (const std::exception&) {
         used = 0;
       }
-      if (used == 0 || used != key.size()) throw FormatError(cfg + ": field " + field + ": the key is not a token id");
+      if (used == 0 || used != key.size()) throw FormatError(field + ": the key is not a token id");
       if (!entry.is_object() || !entry.contains("content") || !entry["content"].is_string())
-        throw FormatError(cfg + ": field " + field + " needs a string 'content'");
+        throw FormatError(field + " needs a string 'content'");
       t.content = entry["content"].get<std::string>();
-      t.special = bool_field(entry, "special", false, cfg + ": field " + field);
-      t.lstrip = bool_field(entry, "lstrip", false, cfg + ": field " + field);
-      t.rstrip = bool_field(entry, "rstrip", false, cfg + ": field " + field);
+      t.special = bool_field(entry, "special", false, field);
+      t.normalized = bool_field(entry, "normalized", !t.special, field);
+      t.lstrip = bool_field(entry, "lstrip", false, field);
+      t.rstrip = bool_field(entry, "rstrip", false, field);
       tokens.push_back(t);
     }
     std::sort(tokens.begin(), tokens.end(), [](const AddedToken& a, const AddedToken& b) { return a.id < b.id; });
     for (const auto& t : tokens) m.add(t, cfg, true);
-  }
-
-  // added_tokens.json (older saves): token -> id. Entries the config declared keep its flags;
-  // the others are plain (not special) unless named as special tokens below.
-  const std::string added_path = dir + "/added_tokens.json";
-  if (file_exists(added_path)) {
-    const Json j = read_json_object(added_path);
-    std::vector<AddedToken> tokens;
-    for (const auto& [content, id] : j.items()) {
-      if (!id.is_number_integer()) throw FormatError(added_path + ": the id of '" + content + "' is not an integer");
-      tokens.push_back({content, id.get<int>(), false, false, false});
+  } else {
+    // special_tokens_map.json (older saves): its tokens replace the config's; its additional
+    // tokens follow the config's.
+    const std::string map_path = dir + "/special_tokens_map.json";
+    if (file_exists(map_path)) {
+      const Json map = read_json_object(map_path);
+      for (size_t k = 0; k < kNamedTokenCount; ++k) {
+        if (!map.contains(kNamedTokens[k])) continue;
+        named_source[k] = map_path + ": field '" + kNamedTokens[k] + "'";
+        named[k] = special_token_entry(map[kNamedTokens[k]], true, named_source[k]);
+      }
+      if (map.contains("additional_special_tokens")) {
+        extra_source = map_path + ": field 'additional_special_tokens'";
+        for (const auto& t : special_token_list(map, true, map_path))
+          if (std::none_of(extra.begin(), extra.end(), [&](const AddedToken& e) { return e.content == t.content; }))
+            extra.push_back(t);
+      }
     }
-    std::sort(tokens.begin(), tokens.end(), [](const AddedToken& a, const AddedToken& b) { return a.id < b.id; });
-    for (const auto& t : tokens) m.add(t, added_path, false);
+    // added_tokens.json (older saves): token -> id; special (and then not normalized) when one of
+    // the special tokens above names it.
+    const std::string added_path = dir + "/added_tokens.json";
+    if (file_exists(added_path)) {
+      std::unordered_set<std::string> special_names;
+      for (const auto& t : named)
+        if (t) special_names.insert(t->content);
+      for (const auto& t : extra) special_names.insert(t.content);
+      const Json j = read_json_object(added_path);
+      std::vector<AddedToken> tokens;
+      for (const auto& [content, id] : j.items()) {
+        if (!id.is_number_integer()) throw FormatError(added_path + ": the id of '" + content + "' is not an integer");
+        const bool special = special_names.count(content) > 0;
+        tokens.push_back({content, id.get<int>(), special, false, false, !special});
+      }
+      std::sort(tokens.begin(), tokens.end(), [](const AddedToken& a, const AddedToken& b) { return a.id < b.id; });
+      for (const auto& t : tokens) m.add(t, added_path, false);
+    }
   }
 
-  const std::string map_path = dir + "/special_tokens_map.json";
-  Json special_map = Json::object();
-  if (file_exists(map_path)) special_map = read_json_object(map_path);
-
-  // Named special tokens (tokenizer_config.json wins over special_tokens_map.json), then the
-  // additional ones, in transformers' order. One missing from the vocabulary is added after it,
-  // as transformers does.
-  for (const char* key : {"bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"}) {
-    std::string source = cfg, content = token_field(config, key, cfg);
-    if (content.empty() && !has_value(config, key)) source = map_path, content = token_field(special_map, key, map_path);
-    if (content.empty()) continue;  // pad stays -1 unless named
-    const int id = m.ensure_special(content, source + ": field '" + key + "'");
-    const std::string k = key;
-    if (k == "bos_token") m.bos = id;
-    else if (k == "eos_token") m.eos = id;
-    else if (k == "unk_token") m.unk = id;
-    else if (k == "pad_token") m.pad = id;
+  // Then the special tokens, in transformers' order; one missing from the vocabulary is added
+  // after it. pad stays -1 unless named.
+  for (size_t k = 0; k < kNamedTokenCount; ++k) {
+    if (!named[k]) continue;
+    const int id = m.ensure_special(*named[k], named_source[k]);
+    const std::string key = kNamedTokens[k];
+    if (key == "bos_token") m.bos = id;
+    else if (key == "eos_token") m.eos = id;
+    else if (key == "unk_token") m.unk = id;
+    else if (key == "pad_token") m.pad = id;
   }
-  const bool extra_in_config = has_value(config, "additional_special_tokens");
-  const std::string extra_source = extra_in_config ? cfg : map_path;
-  for (const auto& t : token_list_field(extra_in_config ? config : special_map, "additional_special_tokens", extra_source))
-    m.ensure_special(t, extra_source + ": field 'additional_special_tokens'");
+  for (const auto& t : extra) m.ensure_special(t, extra_source);
+  m.reindex();
 
-  m.add_bos = bool_field(config, "add_bos_token", true, cfg);
-  m.add_eos = bool_field(config, "add_eos_token", false, cfg);
-  m.legacy = bool_field(config, "legacy", true, cfg);
-  if (!m.legacy) m.unk_prefix_length = m.spm->encode(m.spm->id_to_piece(m.spm->unk_id())).size();
-
-  // The chat template: tokenizer_config.json, else chat_template.jinja / chat_template.json
-  // (newer transformers saves), else none (the default Mistral-instruct one).
-  if (has_value(config, "chat_template")) {
+  // The chat template: chat_template.jinja (newer transformers saves; it wins, as in
+  // transformers), else tokenizer_config.json's, else none.
+  if (file_exists(dir + "/chat_template.jinja")) {
+    m.chat_template_source = dir + "/chat_template.jinja";
+    m.chat_template = read_file(m.chat_template_source);
+  } else if (has_value(config, "chat_template")) {
     const Json& t = config["chat_template"];
     m.chat_template_source = cfg;
     if (t.is_string()) {
@@ -365,15 +505,6 @@ LlmTokenizer::LlmTokenizer(const std::string& dir) : impl_(std::make_unique<Impl
     } else {
       throw FormatError(cfg + ": field 'chat_template' must be a string or a list of named templates");
     }
-  } else if (file_exists(dir + "/chat_template.jinja")) {
-    m.chat_template_source = dir + "/chat_template.jinja";
-    m.chat_template = read_file(m.chat_template_source);
-  } else if (file_exists(dir + "/chat_template.json")) {
-    m.chat_template_source = dir + "/chat_template.json";
-    const Json j = read_json_object(m.chat_template_source);
-    if (!has_value(j, "chat_template") || !j["chat_template"].is_string())
-      throw FormatError(m.chat_template_source + ": field 'chat_template' must be a string");
-    m.chat_template = j["chat_template"].get<std::string>();
   }
 }
 
@@ -386,56 +517,27 @@ std::vector<int> LlmTokenizer::add_special_tokens(const std::vector<std::string>
   ids.reserve(tokens.size());
   for (const auto& t : tokens) {
     if (t.empty()) throw UsageError("add_special_tokens: a token must not be empty");
-    ids.push_back(impl_->ensure_special(t, "add_special_tokens"));
+    ids.push_back(impl_->ensure_special({t, -1, true, false, false, false}, "add_special_tokens"));
   }
+  impl_->reindex();
   return ids;
 }
 
-std::vector<int> LlmTokenizer::encode(const std::string& input, bool add_special_tokens) const {
+std::vector<int> LlmTokenizer::encode(const std::string& text, bool add_special_tokens) const {
   const auto& m = *impl_;
-  // Non-legacy: one '▁' before the whole text (its own '▁' are spaces first), none per segment.
-  const std::string text = !m.legacy && !input.empty() ? kSpaceMarker + replace_all(input, kSpaceMarker, " ") : input;
-
-  // Split on added tokens, leftmost-longest. Text between them is kept verbatim, except the
-  // whitespace a token with lstrip / rstrip swallows.
-  struct Segment {
-    size_t begin, end;            // text bytes, when token is null
-    const AddedToken* token;
-  };
-  std::vector<Segment> segments;
-  size_t text_begin = 0, pos = 0;
-  while (pos < text.size()) {
-    const AddedToken* token = m.match_at(text, pos);
-    if (!token) {
-      ++pos;
-      continue;
-    }
-    const size_t text_end = token->lstrip ? whitespace_run_start(text, text_begin, pos) : pos;
-    if (text_end > text_begin) segments.push_back({text_begin, text_end, nullptr});
-    segments.push_back({0, 0, token});
-    pos += token->content.size();
-    if (token->rstrip) pos = whitespace_run_end(text, pos);
-    text_begin = pos;
-  }
-  if (text.size() > text_begin) segments.push_back({text_begin, text.size(), nullptr});
-  // Non-legacy: a '▁' standing alone before a special token is dropped (transformers does so).
-  if (!m.legacy && segments.size() > 1 && !segments[0].token && segments[1].token && segments[1].token->special &&
-      text.compare(segments[0].begin, segments[0].end - segments[0].begin, kSpaceMarker) == 0)
-    segments.erase(segments.begin());
-
   std::vector<int> ids;
   if (add_special_tokens && m.add_bos && m.bos >= 0) ids.push_back(m.bos);
-  for (const auto& s : segments) {
-    if (s.token) ids.push_back(s.token->id);
-    else m.encode_segment(text.substr(s.begin, s.end - s.begin), ids);
-  }
+  // First the tokens matched in the raw text, then each piece between them.
+  m.split(text, m.raw_tokens, [&](size_t b, size_t e) { m.encode_text(text.substr(b, e - b), b, ids); },
+          [&](const AddedToken& t) { ids.push_back(t.id); });
   if (add_special_tokens && m.add_eos && m.eos >= 0) ids.push_back(m.eos);
   return ids;
 }
 
 std::string LlmTokenizer::decode(const std::vector<int>& ids, bool skip_special_tokens) const {
   const auto& m = *impl_;
-  // tokenizers' decoder chain Replace('▁', ' '), ByteFallback, Fuse, Strip(' ', 1, 0).
+  // tokenizers' decoder chain Replace('▁', ' '), ByteFallback, Fuse, Strip(' ', 1, 0), which
+  // added tokens go through as well.
   std::string out, bytes;
   auto flush_bytes = [&] {
     if (valid_utf8(bytes)) {
@@ -448,11 +550,6 @@ std::string LlmTokenizer::decode(const std::vector<int>& ids, bool skip_special_
   for (int id : ids) {
     if (skip_special_tokens && m.special(id)) continue;
     const std::string token = m.token_of(id);
-    if (m.index_of.count(id)) {  // added tokens come out as their text
-      flush_bytes();
-      out += token;
-      continue;
-    }
     const int byte = byte_piece_value(token);
     if (byte >= 0) {
       bytes += static_cast<char>(byte);
@@ -486,7 +583,10 @@ const std::vector<AddedToken>& LlmTokenizer::added_tokens() const { return impl_
 
 std::string LlmTokenizer::apply_chat_template(const std::vector<ChatMessage>& messages, bool /*add_generation_prompt*/) const {
   const auto& m = *impl_;
-  if (!m.chat_template.empty() && !is_mistral_instruct_template(m.chat_template))
+  if (m.chat_template.empty())
+    throw FormatError(m.dir + ": no chat template (neither chat_template.jinja nor a 'chat_template' in "
+                      "tokenizer_config.json; transformers has no default template either)");
+  if (!is_mistral_instruct_template(m.chat_template))
     throw FormatError(m.chat_template_source +
                       ": field 'chat_template' is not the Mistral-instruct template (' [INST] ' ... ' [/INST]'), the only one supported");
   if (messages.empty()) throw UsageError("apply_chat_template: the conversation has no messages");

@@ -218,6 +218,8 @@ int cmd_generate(int argc, char** argv) {
   set_log_level(args.get("log-level"));
   if (args.has("prompt") == args.has("in")) throw UsageError("give exactly one of --in and --prompt");
   if (args.has("in") && !args.has("out")) throw UsageError("--in needs --out");
+  if (args.has("system") && !args.has("chat")) throw UsageError("--system needs --chat");
+  if (args.has("chat") && !args.has("prompt")) throw UsageError("--chat needs --prompt");
 
   at::Tensor ids, mask;
   std::optional<LlmTokenizer> tokenizer;

@@ -579,6 +579,20 @@ TEST(LlmTool, TokenizePrintsTheFixtureIds) {
                               scratch);
     EXPECT_EQ(nlohmann::json::parse(out), c["clara_ids"]) << text;
   }
+  // --bos prints what transformers' tokenizer(text) gives, i.e. add_special_tokens=True
+  // (tokenizer-cases/expected.json, made by tests/scripts/make_tokenizer_cases.py).
+  const auto clara = nlohmann::json::parse(read_file(fixture("tokenizer-cases/expected.json")))["configs"]["clara"];
+  std::string added;
+  for (const auto& t : clara["add_special_tokens"]) added += (added.empty() ? "" : ",") + t.get<std::string>();
+  size_t checked = 0;
+  for (const auto& e : clara["encode"]) {
+    const std::string text = e["text"].get<std::string>();
+    if (text.find('\'') != std::string::npos) continue;
+    const auto out = llm_tool("tokenize --bos --model " + kModelDir + " --add-special-tokens '" + added + "' --text '" + text + "'", scratch);
+    EXPECT_EQ(nlohmann::json::parse(out), e["ids_with_special"]) << text;
+    ++checked;
+  }
+  EXPECT_GE(checked, 10u);
 }
 
 TEST(LlmTool, ForwardAndGenerateReproduceTheFixtureThroughFiles) {

@@ -1,7 +1,9 @@
 // The LLM tokenizer against the CLaRa reference fixture: tokenizer_expected.json (SentencePiece
 // ids, the added-token split, CLaRa ids, decoding with and without special tokens), prompts.json
 // (chat template renderings, prompt lengths, generation prompts and generated text) and the ids
-// expected.safetensors was computed from; then the config files it reads and its errors.
+// expected.safetensors was computed from; then the config files it reads, the chat template and
+// its errors against tokenizer-cases/expected.json (what transformers' AutoTokenizer does with each
+// configuration, made by tests/scripts/make_tokenizer_cases.py).
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
 #include <hrmclara/llm_tokenizer.h>
@@ -10,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <map>
 
 #include "test_util.h"
@@ -100,6 +103,115 @@ std::string model_dir(const ScratchDir& scratch, const std::string& name,
   return dir;
 }
 
+// ---- tokenizer-cases/expected.json ------------------------------------------------------------
+
+const Json& transformers_cases() {
+  static const Json j = Json::parse(read_file(fixture("tokenizer-cases/expected.json")));
+  return j;
+}
+
+const Json& case_config(const std::string& name) { return transformers_cases()["configs"].at(name); }
+
+// The model folder of a configuration: the fixture folder it names, or one holding the fixture's
+// tokenizer.model and the files it lists (the very text transformers loaded).
+std::string case_dir(const ScratchDir& scratch, const std::string& name) {
+  const Json& c = case_config(name);
+  if (c.contains("dir")) return fixture(c["dir"].get<std::string>());
+  std::vector<std::pair<std::string, std::string>> files;
+  for (const auto& [file, text] : c["files"].items()) files.emplace_back(file, text.get<std::string>());
+  return model_dir(scratch, name, files);
+}
+
+LlmTokenizer case_tokenizer(const ScratchDir& scratch, const std::string& name) {
+  const Json& c = case_config(name);
+  EXPECT_FALSE(c.contains("error")) << name << ": " << c.value("error", "");
+  LlmTokenizer tok(case_dir(scratch, name));
+  if (c.contains("add_special_tokens")) tok.add_special_tokens(c["add_special_tokens"].get<std::vector<std::string>>());
+  return tok;
+}
+
+int id_or_none(const Json& j) { return j.is_null() ? -1 : j.get<int>(); }
+
+// Vocabulary size, the named ids, every added token with its flags, and which ids are special.
+void expect_vocabulary(const LlmTokenizer& tok, const std::string& name) {
+  SCOPED_TRACE("configuration " + name);
+  const Json& c = case_config(name);
+  EXPECT_EQ(tok.vocab_size(), c["vocab_size"].get<int>());
+  EXPECT_EQ(tok.bos_id(), id_or_none(c["bos_id"]));
+  EXPECT_EQ(tok.eos_id(), id_or_none(c["eos_id"]));
+  EXPECT_EQ(tok.unk_id(), id_or_none(c["unk_id"]));
+  EXPECT_EQ(tok.pad_id(), id_or_none(c["pad_id"]));
+  auto added = tok.added_tokens();
+  std::sort(added.begin(), added.end(), [](const AddedToken& a, const AddedToken& b) { return a.id < b.id; });
+  ASSERT_EQ(added.size(), c["added_tokens"].size());
+  for (size_t i = 0; i < added.size(); ++i) {
+    const Json& e = c["added_tokens"][i];
+    EXPECT_EQ(added[i].id, e["id"].get<int>());
+    EXPECT_EQ(added[i].content, e["content"].get<std::string>());
+    EXPECT_EQ(added[i].special, e["special"].get<bool>()) << added[i].content;
+    EXPECT_EQ(added[i].lstrip, e["lstrip"].get<bool>()) << added[i].content;
+    EXPECT_EQ(added[i].rstrip, e["rstrip"].get<bool>()) << added[i].content;
+    EXPECT_EQ(added[i].normalized, e["normalized"].get<bool>()) << added[i].content;
+    EXPECT_EQ(tok.token_to_id(added[i].content), added[i].id);
+  }
+  std::vector<int> special;
+  for (int id = 0; id < tok.vocab_size(); ++id)
+    if (tok.is_special(id)) special.push_back(id);
+  EXPECT_EQ(special, ints(c["special_ids"]));
+}
+
+// encode(text) without and with special tokens; returns how many texts were checked.
+size_t expect_encodes(const LlmTokenizer& tok, const std::string& name) {
+  SCOPED_TRACE("configuration " + name);
+  const Json& c = case_config(name);
+  for (const auto& e : c["encode"]) {
+    const std::string text = e["text"];
+    EXPECT_EQ(tok.encode(text), ints(e["ids"])) << text;
+    EXPECT_EQ(tok.encode(text, /*add_special_tokens=*/true), ints(e["ids_with_special"])) << text;
+  }
+  return c["encode"].size();
+}
+
+// decode(ids) with and without skip_special_tokens (the ids given as their tokens too).
+size_t expect_decodes(const LlmTokenizer& tok, const std::string& name) {
+  SCOPED_TRACE("configuration " + name);
+  const Json& c = case_config(name);
+  for (const auto& d : c["decode"]) {
+    const auto ids = ints(d["ids"]);
+    const auto tokens = d["tokens"].get<std::vector<std::string>>();
+    EXPECT_EQ(ids.size(), tokens.size());
+    for (size_t i = 0; i < ids.size() && i < tokens.size(); ++i) EXPECT_EQ(tok.token_to_id(tokens[i]), ids[i]) << tokens[i];
+    EXPECT_EQ(tok.decode(ids), d["text"].get<std::string>()) << d["tokens"].dump();
+    EXPECT_EQ(tok.decode(ids, /*skip_special_tokens=*/true), d["text_skip_special"].get<std::string>()) << d["tokens"].dump();
+  }
+  return c["decode"].size();
+}
+
+// apply_chat_template with and without add_generation_prompt; a conversation transformers
+// refuses must be refused too. Returns how many conversations were checked.
+size_t expect_chats(const LlmTokenizer& tok, const std::string& name) {
+  SCOPED_TRACE("configuration " + name);
+  const Json& c = case_config(name);
+  for (const auto& ch : c["chat"]) {
+    std::vector<ChatMessage> messages;
+    for (const auto& m : ch["messages"]) messages.push_back({m[0], m[1]});
+    if (ch.contains("error")) {
+      EXPECT_THROW(tok.apply_chat_template(messages), Error) << ch["messages"].dump() << " (transformers: " << ch["error"] << ")";
+      continue;
+    }
+    EXPECT_EQ(tok.apply_chat_template(messages, true), ch["text"].get<std::string>()) << ch["messages"].dump();
+    EXPECT_EQ(tok.apply_chat_template(messages, false), ch["text_no_generation_prompt"].get<std::string>()) << ch["messages"].dump();
+  }
+  return c["chat"].size();
+}
+
+void expect_all(const LlmTokenizer& tok, const std::string& name) {
+  expect_vocabulary(tok, name);
+  expect_encodes(tok, name);
+  expect_decodes(tok, name);
+  expect_chats(tok, name);
+}
+
 // ---- tokenizer_expected.json ------------------------------------------------------------------
 
 TEST(LlmTokenizerFixture, SentencePieceIdsPiecesAndDecodeOfEveryCase) {
@@ -180,6 +292,21 @@ TEST(LlmTokenizerFixture, ClaraIdsTokensAndBothDecodesOfEveryCase) {
               c["clara_decode_skip_special"].get<std::string>())
         << text;
   }
+}
+
+// transformers' AutoTokenizer on the fixture folder as it is and with CLaRa's tokens added
+// (tokenizer-cases "reference", "clara"): special tokens next to each other and to whitespace,
+// empty and space-only texts, every case above; with and without special tokens.
+TEST(LlmTokenizerFixture, ReferenceAndClaraMatchTransformers) {
+  ScratchDir scratch;
+  const LlmTokenizer plain = case_tokenizer(scratch, "reference");
+  expect_vocabulary(plain, "reference");
+  EXPECT_GE(expect_encodes(plain, "reference"), 15u);
+  const LlmTokenizer clara = case_tokenizer(scratch, "clara");
+  EXPECT_EQ(case_config("clara")["add_special_tokens"].get<std::vector<std::string>>(), clara_token_names());
+  expect_vocabulary(clara, "clara");
+  EXPECT_GT(expect_encodes(clara, "clara"), expected()["cases"].size());
+  expect_decodes(clara, "clara");
 }
 
 TEST(LlmTokenizerFixture, AddSpecialTokensPutsBosInFrontOfEveryCase) {
@@ -325,44 +452,51 @@ TEST(LlmTokenizerAddedTokens, AddingKeepsExistingIdsAndAppendsNewOnes) {
 }
 
 TEST(LlmTokenizerAddedTokens, ByteRunsDecodeAsUtf8OrOneReplacementPerByte) {
+  // transformers' decodes of <0xNN> runs: valid UTF-8, truncated, mixed with a plain byte, ended
+  // by a piece, overlong, a surrogate, above U+10FFFF, a leading space byte (stripped once),
+  // special tokens around and inside a run.
   const LlmTokenizer tok(kDir);
-  auto byte = [&](const char* piece) { return tok.token_to_id(piece); };
-  const int space = tok.token_to_id("\xE2\x96\x81");
-  ASSERT_GE(byte("<0xE4>"), 0);
-  ASSERT_GE(space, 0);
-  EXPECT_EQ(tok.decode({byte("<0xE4>"), byte("<0xB8>"), byte("<0x96>")}), "\xE4\xB8\x96");            // 世
-  EXPECT_EQ(tok.decode({byte("<0xE4>"), byte("<0xB8>")}), "\xEF\xBF\xBD\xEF\xBF\xBD");                  // truncated
-  EXPECT_EQ(tok.decode({byte("<0x41>"), byte("<0xE4>"), byte("<0xB8>")}), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
-  EXPECT_EQ(tok.decode({byte("<0xE4>"), space, byte("<0x41>")}), "\xEF\xBF\xBD A");  // a piece ends the run
-  EXPECT_EQ(tok.decode({byte("<0xC0>"), byte("<0x80>")}), "\xEF\xBF\xBD\xEF\xBF\xBD");  // overlong
-  EXPECT_EQ(tok.decode({byte("<0x20>"), byte("<0x41>")}), "A");  // the leading space is stripped once
-  EXPECT_EQ(tok.decode({space, space, byte("<0x41>")}), " A");
+  ASSERT_GE(expect_decodes(tok, "reference"), 14u);
+  const std::string replacement = "\xEF\xBF\xBD";
+  bool valid_run = false, invalid_run = false;
+  for (const auto& d : case_config("reference")["decode"]) {
+    const std::string text = d["text"];
+    valid_run |= contains(text, "\xE4\xB8\x96");  // 世 from three byte pieces
+    invalid_run |= contains(text, replacement + replacement);
+  }
+  EXPECT_TRUE(valid_run);
+  EXPECT_TRUE(invalid_run);
+  // Added tokens go through the same decoder chain: '▁' in one becomes a space, and one that looks
+  // like a byte piece joins the byte run.
+  ScratchDir scratch;
+  expect_all(case_tokenizer(scratch, "decoder_chain"), "decoder_chain");
 }
 
 TEST(LlmTokenizerAddedTokens, StripFlagsAndSpecialFlagsFromTokenizerConfig) {
+  // <L> lstrip, <R> rstrip and not special, <LR> both, and </s> redeclared with rstrip
+  // (tokenizer-cases "strip"); texts with ASCII and Unicode whitespace around them.
   ScratchDir scratch;
+  const LlmTokenizer tok = case_tokenizer(scratch, "strip");
   const int n = LlmTokenizer(kDir).sentencepiece_size();
-  const std::string config = R"({
-    "added_tokens_decoder": {
-      ")" + std::to_string(n) + R"(": {"content": "<L>", "lstrip": true, "rstrip": false, "special": true},
-      ")" + std::to_string(n + 1) + R"(": {"content": "<R>", "lstrip": false, "rstrip": true, "special": false},
-      ")" + std::to_string(n + 2) + R"(": {"content": "<LR>", "lstrip": true, "rstrip": true, "special": true},
-      "2": {"content": "</s>", "lstrip": false, "rstrip": true, "special": true}
-    }})";
-  const LlmTokenizer tok(model_dir(scratch, "strip", {{"tokenizer_config.json", config}}));
-  const LlmTokenizer plain(kDir);
+  ASSERT_EQ(n, transformers_cases()["sentencepiece_size"].get<int>());
+  expect_vocabulary(tok, "strip");
+  EXPECT_GE(expect_encodes(tok, "strip"), 30u);
+  expect_decodes(tok, "strip");
   EXPECT_EQ(tok.vocab_size(), n + 3);
   ASSERT_EQ(tok.added_tokens().size(), 6u);  // <unk> <s> </s> + 3
   EXPECT_TRUE(tok.added_tokens()[3].lstrip);
   EXPECT_TRUE(tok.added_tokens()[4].rstrip);
+  // <R> is not special, so (as in transformers) it is a normalized token: matched as '▁<R>' in
+  // the normalized text, it takes one space before it along and is not found right after text.
+  EXPECT_TRUE(tok.added_tokens()[4].normalized);
+  EXPECT_FALSE(tok.added_tokens()[3].normalized);
 
-  // lstrip swallows the whitespace before <L>, rstrip the whitespace after <R>; the other side
-  // stays in the neighbouring text.
+  // lstrip swallows the whitespace before <L>, rstrip the whitespace after <LR>; the other side
+  // stays in the neighbouring text. Unicode whitespace (U+00A0, U+3000) counts, as in tokenizers.
+  const LlmTokenizer plain(kDir);
   EXPECT_EQ(tok.encode("a  <L> b"), concat(concat(plain.encode("a"), {n}), plain.encode(" b")));
-  EXPECT_EQ(tok.encode("a <R> \t b"), concat(concat(plain.encode("a "), {n + 1}), plain.encode("b")));
   EXPECT_EQ(tok.encode("a\n<LR>\n b"), concat(concat(plain.encode("a"), {n + 2}), plain.encode("b")));
   EXPECT_EQ(tok.encode("  <L>"), std::vector<int>{n});
-  // Unicode whitespace (U+00A0, U+3000) counts, as in tokenizers.
   EXPECT_EQ(tok.encode("a\xC2\xA0<LR>\xE3\x80\x80" "b"), concat(concat(plain.encode("a"), {n + 2}), plain.encode("b")));
   // The config's flags replace those of the base tokenizer's own </s>.
   EXPECT_EQ(tok.encode("a</s>  b"), concat(concat(plain.encode("a"), {tok.eos_id()}), plain.encode("b")));
@@ -380,45 +514,71 @@ TEST(LlmTokenizerAddedTokens, StripFlagsAndSpecialFlagsFromTokenizerConfig) {
 TEST(LlmTokenizerAddedTokens, AddedTokensJsonAndSpecialTokensMap) {
   ScratchDir scratch;
   const int n = LlmTokenizer(kDir).sentencepiece_size();
-  const std::string added = "{\"<pad>\": " + std::to_string(n) + ", \"<plain>\": " + std::to_string(n + 1) + "}";
-  const std::string map = R"({"pad_token": {"content": "<pad>", "lstrip": false},
-                              "eos_token": "<eot>",
-                              "additional_special_tokens": ["<X>", {"content": "<Y>"}, "<s>"]})";
-  const std::string config = R"({"eos_token": "</s>", "add_bos_token": false, "add_eos_token": true})";
-  const LlmTokenizer tok(model_dir(scratch, "maps", {{"tokenizer_config.json", config},
-                                                     {"added_tokens.json", added},
-                                                     {"special_tokens_map.json", map}}));
+  const LlmTokenizer plain(kDir);
+  // tokenizer_config.json without added_tokens_decoder, added_tokens.json, special_tokens_map.json
+  // (tokenizer-cases "maps"): the map's tokens replace the config's (eos becomes <eot>), and the
+  // named tokens missing from the vocabulary follow added_tokens.json's, in transformers' order.
+  const LlmTokenizer tok = case_tokenizer(scratch, "maps");
+  expect_all(tok, "maps");
   EXPECT_EQ(tok.pad_id(), n);
   EXPECT_TRUE(tok.is_special(n));
   EXPECT_EQ(tok.token_to_id("<plain>"), n + 1);
   EXPECT_FALSE(tok.is_special(n + 1));  // added_tokens.json alone does not make a token special
-  EXPECT_EQ(tok.token_to_id("<X>"), n + 2);
-  EXPECT_EQ(tok.token_to_id("<Y>"), n + 3);
-  EXPECT_TRUE(tok.is_special(n + 3));
-  EXPECT_EQ(tok.vocab_size(), n + 4);
-  EXPECT_EQ(tok.eos_id(), LlmTokenizer(kDir).eos_id());  // tokenizer_config.json wins
-  EXPECT_EQ(tok.token_to_id("<eot>"), -1);
+  EXPECT_EQ(tok.eos_id(), n + 2);       // special_tokens_map.json wins
+  EXPECT_EQ(tok.token_to_id("<eot>"), n + 2);
+  EXPECT_EQ(tok.token_to_id("<X>"), n + 3);
+  EXPECT_EQ(tok.token_to_id("<Y>"), n + 4);
+  EXPECT_TRUE(tok.is_special(n + 4));
+  EXPECT_EQ(tok.vocab_size(), n + 5);
   // add_bos_token false, add_eos_token true.
-  const LlmTokenizer plain(kDir);
   EXPECT_EQ(tok.encode("x<pad><plain>", true), concat(plain.encode("x"), {n, n + 1, tok.eos_id()}));
   EXPECT_EQ(tok.decode(tok.encode("x<pad><plain><X>", true), true), "x<plain>");
 
-  // A named special token missing from the vocabulary is appended, as transformers does.
-  const LlmTokenizer eot(model_dir(scratch, "eot", {{"tokenizer_config.json", R"({"eos_token": {"content": "<eot>"}})"}}));
+  // With added_tokens_decoder in tokenizer_config.json, neither file is read.
+  const LlmTokenizer decoder = case_tokenizer(scratch, "decoder_and_map");
+  expect_all(decoder, "decoder_and_map");
+  EXPECT_EQ(decoder.eos_id(), plain.eos_id());
+  EXPECT_EQ(decoder.token_to_id("<plain>"), -1);
+
+  // A named special token missing from the vocabulary is appended, as transformers does: given
+  // as a string, or as a serialized AddedToken (normalized unless it says otherwise).
+  for (const std::string name : {"eot", "eot_addedtoken", "eot_addedtoken_flags", "extra_addedtoken"}) {
+    const LlmTokenizer t = case_tokenizer(scratch, name);
+    expect_all(t, name);
+  }
+  const LlmTokenizer eot = case_tokenizer(scratch, "eot");
   EXPECT_EQ(eot.eos_id(), n);
   EXPECT_EQ(eot.vocab_size(), n + 1);
   EXPECT_EQ(eot.encode("a<eot>"), concat(plain.encode("a"), {n}));
+
+  // What transformers refuses to load: a token in tokenizer_config.json as a plain object.
+  size_t refused = 0;
+  for (const auto& [name, c] : transformers_cases()["configs"].items()) {
+    if (!c.contains("error")) continue;
+    ++refused;
+    const std::string dir = case_dir(scratch, name);
+    const std::string message = error_of<FormatError>([&] { LlmTokenizer t(dir); });
+    EXPECT_TRUE(contains(message, dir + "/tokenizer_config.json: field '")) << name << ": " << message;
+    EXPECT_TRUE(contains(message, "__type")) << name << ": " << message;
+  }
+  EXPECT_EQ(refused, 2u);
 }
 
 TEST(LlmTokenizerAddedTokens, NonLegacyPrefixesOnlyTheStartOfTheText) {
   ScratchDir scratch;
-  const LlmTokenizer tok(model_dir(scratch, "nonlegacy", {{"tokenizer_config.json", R"({"legacy": false})"}}));
+  // `"legacy": false` (tokenizer-cases "nonlegacy", "nonlegacy_strip"): transformers' fast
+  // tokenizer then has no normalizer and a Metaspace(prepend_scheme "first") pre-tokenizer.
+  const LlmTokenizer tok = case_tokenizer(scratch, "nonlegacy");
+  EXPECT_GE(expect_encodes(tok, "nonlegacy"), 15u);
+  expect_all(tok, "nonlegacy");
+  expect_all(case_tokenizer(scratch, "nonlegacy_strip"), "nonlegacy_strip");
+
   const LlmTokenizer legacy(kDir);
   const std::string marker = "\xE2\x96\x81";
-  for (const auto& c : expected()["cases"]) {
-    if (c["segments"].size() != 1) continue;
-    EXPECT_EQ(tok.encode(c["text"]), legacy.encode(c["text"])) << c["text"];  // one text segment: same
-  }
+  EXPECT_EQ(tok.encode("Hello world"), legacy.encode("Hello world"));  // one plain text segment: same
+  // ... but a text that starts with a space gets no extra '▁'.
+  EXPECT_NE(tok.encode(" Hello"), legacy.encode(" Hello"));
+  EXPECT_EQ(tok.encode(" Hello"), tok.encode("Hello"));
   // After a special token the legacy tokenizer starts the text with '▁', the non-legacy one not.
   const auto legacy_ids = legacy.encode("<s>Hello");
   const auto ids = tok.encode("<s>Hello");
@@ -436,28 +596,28 @@ TEST(LlmTokenizerAddedTokens, NonLegacyPrefixesOnlyTheStartOfTheText) {
 // ---- chat template ----------------------------------------------------------------------------
 
 TEST(LlmTokenizerChat, MultiTurnAndTemplateSources) {
-  const LlmTokenizer tok = clara_tokenizer();
-  const std::string bos = tok.id_to_token(tok.bos_id()), eos = tok.id_to_token(tok.eos_id());
-  // Later user turns get no system text; a conversation may end on either role.
-  EXPECT_EQ(tok.apply_chat_template({{"system", "S"}, {"user", "a"}, {"assistant", "b"}, {"user", "c"}}),
-            bos + " [INST] S\n\na [/INST] b" + eos + " [INST] c [/INST]");
-  EXPECT_EQ(tok.apply_chat_template({{"user", "a"}}), bos + " [INST] a [/INST]");
+  // transformers' renderings with the fixture's template: multi-turn with and without a system
+  // message, ending on either role; later user turns get no system text. CLaRa's added tokens
+  // change nothing. The conversations it refuses are refused.
+  const LlmTokenizer plain(kDir);
+  EXPECT_GE(expect_chats(plain, "reference"), 10u);
+  expect_chats(clara_tokenizer(), "reference");
+  size_t refused = 0;
+  for (const auto& ch : case_config("reference")["chat"]) refused += ch.contains("error") ? 1 : 0;
+  EXPECT_GE(refused, 5u);
 
-  // No template in the config: the default Mistral-instruct one. A template may also come from
-  // chat_template.jinja.
+  // Where the template comes from: chat_template.jinja (which beats tokenizer_config.json's), a
+  // list of named templates ("default"); no template at all (an empty config, no config, only a
+  // chat_template.json, which AutoTokenizer does not read) is refused as transformers refuses it.
   ScratchDir scratch;
-  const std::string conversation_text = bos + " [INST] q [/INST] r" + eos;
-  const LlmTokenizer none(model_dir(scratch, "none", {{"tokenizer_config.json", "{}"}}));
-  EXPECT_EQ(none.apply_chat_template({{"user", "q"}, {"assistant", "r"}}), conversation_text);
-  const std::string jinja = fixture_json("tokenizer_config.json")["chat_template"];
-  const LlmTokenizer from_file(model_dir(scratch, "jinja", {{"chat_template.jinja", jinja}}));
-  EXPECT_EQ(from_file.apply_chat_template({{"user", "q"}, {"assistant", "r"}}), conversation_text);
-  const Json named = {{"chat_template", Json::array({{{"name", "tool_use"}, {"template", "{{ tools }}"}},
-                                                      {{"name", "default"}, {"template", jinja}}})}};
-  const LlmTokenizer from_list(model_dir(scratch, "named", {{"tokenizer_config.json", named.dump()}}));
-  EXPECT_EQ(from_list.apply_chat_template({{"user", "q"}, {"assistant", "r"}}), conversation_text);
-  const LlmTokenizer no_config(model_dir(scratch, "bare", {}));
-  EXPECT_EQ(no_config.apply_chat_template({{"user", "q"}, {"assistant", "r"}}), conversation_text);
+  for (const std::string name : {"chat_jinja", "chat_named", "chat_jinja_beats_config", "chat_none", "chat_bare", "chat_template_json"}) {
+    const LlmTokenizer tok = case_tokenizer(scratch, name);
+    expect_vocabulary(tok, name);
+    EXPECT_EQ(expect_chats(tok, name), 2u);
+  }
+  const LlmTokenizer none = case_tokenizer(scratch, "chat_none");
+  const std::string message = error_of<FormatError>([&] { none.apply_chat_template({{"user", "q"}}); });
+  EXPECT_TRUE(contains(message, "no chat template")) << message;
 }
 
 TEST(LlmTokenizerChat, BadConversationsAreUsageErrors) {
