@@ -14,6 +14,7 @@ out="${OUT:-runs/learning-$(date +%Y%m%d-%H%M%S)}"
 "$build/bin/hrm_train" --out "$out" --max-minutes "$minutes" --no-progress "$@" >"$out.log" 2>&1 || {
   echo "bench_hrm_learning: hrm_train failed, see $out.log" >&2; tail -n 5 "$out.log" >&2; exit 1; }
 
+"$build/bin/hrmclara_info" | sed -n 's/^\(cpu\|aten capability\|native bf16\):/machine: &/p'
 /usr/bin/python3 - "$out/metrics.jsonl" "$minutes" <<'PY'
 import json, sys
 path, budget = sys.argv[1], float(sys.argv[2])

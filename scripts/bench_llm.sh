@@ -4,7 +4,8 @@
 # (reference lines carry "implementation": "transformers <version>").
 #   models: tests/fixtures/clara-reference (tiny Mistral, prompt 64 / new 16 and 128 / 32) and
 #           models/llm/synthetic-100m.json (random weights, prompt 128 / new 32)
-#   dtypes: float32, bfloat16
+#   dtypes: float32, and bfloat16 where this CPU computes it natively (hrmclara_info says so;
+#           DTYPES="float32 bfloat16" forces both: emulated bf16 runs ~100x slower)
 # Usage: scripts/bench_llm.sh [BUILD_DIR]   (default build, relative to the repository root)
 # Environment: PYTHON (default /opt/hrmclara/venv/bin/python, else python3), REPEATS (default 3),
 #   THREADS (default 0: every usable core), EXTRA_ARGS (added to both tools, e.g. "--batch 4").
@@ -38,7 +39,16 @@ cases=(
   "--config $synthetic 128 32"
 )
 
-for dtype in float32 bfloat16; do
+"$build/bin/hrmclara_info" | sed -n 's/^\(cpu\|aten capability\|native bf16\):/bench_llm: &/p' >&2
+if [ -n "${DTYPES:-}" ]; then
+  read -r -a dtypes <<<"$DTYPES"
+elif "$build/bin/hrmclara_info" --json | "$python" -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["cpu"]["native_bfloat16"] else 1)'; then
+  dtypes=(float32 bfloat16)
+else
+  dtypes=(float32)
+  echo "bench_llm: this CPU has no native bf16; timing float32 only (DTYPES=\"float32 bfloat16\" forces both)" >&2
+fi
+for dtype in "${dtypes[@]}"; do
   for c in "${cases[@]}"; do
     read -r flag src prompt new <<<"$c"
     args=("$flag" "$src" --dtype "$dtype" --prompt-tokens "$prompt" --new-tokens "$new" --repeats "$repeats"

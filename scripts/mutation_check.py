@@ -33,11 +33,11 @@ MUTATIONS = [
      "all_lab.masked_fill_(all_lab.eq(meta_.ignore_label_id.value_or(0)), kIgnoreLabel);",
      "hrm_tests", "PuzzleDataset.NullIgnoreLabelKeepsEveryLabel"),
     # Sampling: the temperature must scale the scores before top-k and top-p filter them.
-    ("temperature applied after the filters", "src/clara/generation.cpp",
+    ("temperature applied after the filters", "src/llm/generation.cpp",
      "  auto scores = logits.to(at::kFloat) / o.temperature;\n",
      "  auto scores = logits.to(at::kFloat);\n",
-     "clara_tests", "LlmSampling.*"),
-    ("top-p computed before top-k", "src/clara/generation.cpp",
+     "llm_tests", "LlmSampling.*"),
+    ("top-p computed before top-k", "src/llm/generation.cpp",
      "  if (o.top_k > 0 && o.top_k < scores.size(-1)) {",
      "  if (o.top_p < 1.0) {\n"
      "    const auto [sorted, order] = scores.sort(-1, false);\n"
@@ -46,13 +46,13 @@ MUTATIONS = [
      "    scores = scores.masked_fill(remove.scatter(-1, order, remove), neg_inf);\n"
      "  }\n"
      "  if (o.top_k > 0 && o.top_k < scores.size(-1)) {",
-     "clara_tests", "LlmSampling.DistributionsAreTransformersWarpersInTheirOrder"),
+     "llm_tests", "LlmSampling.DistributionsAreTransformersWarpersInTheirOrder"),
     ("generation_config.json's top_p ignored", "src/tools/llm_tool.cpp",
      '    read("top_p", o.top_p);\n', "",
-     "clara_tests", "LlmToolDecoding.GenerationConfigSetsSamplingAndFlagsOverrideIt"),
+     "llm_tests", "LlmToolDecoding.GenerationConfigSetsSamplingAndFlagsOverrideIt"),
     ("--system ignored", "src/tools/llm_tool.cpp",
      '      if (args.has("system")) messages.push_back({"system", args.get("system")});\n', "",
-     "clara_tests", "LlmToolDecoding.ChatAndSystemWrapThePromptInTheTemplate"),
+     "llm_tests", "LlmToolDecoding.ChatAndSystemWrapThePromptInTheTemplate"),
     # Checkpoints: a failed save must leave `latest` and the previous checkpoint.
     ("latest written before the checkpoint is complete", "src/train/trainer.cpp",
      "  remove_tree(tmp);\n  make_directories(tmp);\n",

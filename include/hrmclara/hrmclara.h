@@ -3,20 +3,27 @@
 
 #include <hrmclara/arc_score.h>
 #include <hrmclara/checkpoint.h>
+#include <hrmclara/clara.h>
+#include <hrmclara/clara_config.h>
+#include <hrmclara/clara_data.h>
+#include <hrmclara/clara_index.h>
 #include <hrmclara/config.h>
 #include <hrmclara/device.h>
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
 #include <hrmclara/hrm.h>
 #include <hrmclara/hrm_train.h>
+#include <hrmclara/info.h>
 #include <hrmclara/llm.h>
 #include <hrmclara/llm_config.h>
 #include <hrmclara/llm_tokenizer.h>
 #include <hrmclara/log.h>
+#include <hrmclara/lora.h>
 #include <hrmclara/npy.h>
 #include <hrmclara/optim.h>
 #include <hrmclara/puzzle_build.h>
 #include <hrmclara/puzzle_dataset.h>
+#include <hrmclara/qa_metrics.h>
 #include <hrmclara/report.h>
 #include <hrmclara/tensor_io.h>
 #include <hrmclara/tokenizer.h>

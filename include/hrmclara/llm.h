@@ -40,10 +40,17 @@ struct LlmForwardInput {
   at::Tensor position_ids;    // optional int64 [B, T]; default cache.length + 0..T-1
 };
 
+class LoraAdapter;
+
 struct LlmForwardOptions {
   bool logits = true;             // compute the lm_head
   bool last_position_only = false;  // logits for the last position only ([B, 1, V])
   bool all_hidden_states = false;   // also return the embedding output and every layer's output
+  // The LoRA adapter this forward runs with (lora.h); null: the model as its weights are (the
+  // base, or base + the merged adapter). An adapter merged into the weights (merge_adapter) is
+  // taken out again for a forward that names another one.
+  const LoraAdapter* adapter = nullptr;
+  bool lora_dropout = false;  // apply the adapter's dropout (training forwards)
 };
 
 struct LlmForwardOutput {
@@ -67,6 +74,8 @@ class DecoderLM {
   // cache and nothing more. Throws FormatError naming the file and tensor for missing, extra or
   // misshaped weights.
   static DecoderLM load(const std::string& model_dir, const LlmLoadOptions& options = {});
+  // Every weight's Hugging Face name and shape for `config`, in model order (what load expects).
+  static std::vector<std::pair<std::string, std::vector<int64_t>>> weight_shapes(const LlmConfig& config);
   // A model with random weights (normal, std 0.02; norms 1), for tests and benchmarks.
   static DecoderLM random(const LlmConfig& config, const LlmLoadOptions& options = {}, uint64_t seed = 0);
 
@@ -92,6 +101,18 @@ class DecoderLM {
   // (the mean itself when that covariance is not positive definite). Tied heads stay tied.
   void resize_token_embeddings(int64_t new_vocab_size, uint64_t seed = 0);
 
+  // Adds `adapter`'s scaling * B @ A into the projection weights (PEFT's merge, computed in
+  // float32), so forwards with it, or with no adapter, run at the base model's speed. Only one
+  // adapter is merged at a time; unmerge_adapter subtracts it again. A forward with another
+  // adapter stays correct up to rounding: it subtracts the merged one's term.
+  void merge_adapter(const LoraAdapter& adapter);
+  void unmerge_adapter();
+  // The merged adapter's name; empty when none is.
+  std::string merged_adapter() const;
+
+  // float32 logits of final-norm hidden states [..., H] (the lm_head alone).
+  at::Tensor lm_head_logits(const at::Tensor& hidden) const;
+
   // Every weight under its Hugging Face name, in model order (views, not copies).
   NamedTensors named_weights() const;
   // Replaces one weight (same shape; cast to the model's dtype and device). Throws UsageError for
@@ -104,6 +125,12 @@ class DecoderLM {
   explicit DecoderLM(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Writes a model directory for `config` whose safetensors shards are sparse files (every weight
+// zero, no disk used; see write_sparse_safetensors), with config.json and the shard index: a
+// full-size checkpoint (7B and more) for testing and benchmarking loading. Layers are spread over
+// `shards` files.
+void write_sparse_llm_checkpoint(const std::string& dir, const LlmConfig& config, c10::ScalarType dtype, int shards = 3);
 
 // ---- generation -----------------------------------------------------------------------------
 
@@ -118,6 +145,7 @@ struct GenerationOptions {
   std::vector<int64_t> eos_token_ids;  // empty: the config's
   int64_t pad_token_id = -1;    // written after a row has stopped; -1: the config's pad, else EOS
   bool use_cache = true;        // false: recompute the whole sequence every step
+  const LoraAdapter* adapter = nullptr;  // the LoRA adapter every step runs with (lora.h)
   // Called after every step with that step's tokens [B] (CPU int64; pad for stopped rows), e.g.
   // to stream text. Returning false ends generation after this step.
   std::function<bool(int64_t step, const at::Tensor& tokens)> on_step;

@@ -69,5 +69,14 @@ NamedTensors read_torch_save(const std::string& path);
 // collections.OrderedDict of name -> tensor (pickle protocol 2, one storage per tensor), so that
 // torch.load(path) -- weights_only=True included -- returns an OrderedDict. Atomic.
 void write_torch_save(const std::string& path, const NamedTensors& tensors);
+// A safetensors file whose data region is a hole (a sparse file): the header is real, every value
+// reads as zero and takes no disk. For testing and benchmarking the loading of large checkpoints
+// without writing them. Atomic.
+void write_sparse_safetensors(const std::string& path, const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors,
+                              c10::ScalarType dtype);
+
+// torch.save of a dict of dicts ({group: {name: tensor}}), e.g. CLaRa's adapters.pth (a dict of
+// adapter name to PEFT state dict). read_torch_save flattens it back to "group.name".
+void write_torch_save_groups(const std::string& path, const std::vector<std::pair<std::string, NamedTensors>>& groups);
 
 }  // namespace hrmclara

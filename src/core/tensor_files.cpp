@@ -7,6 +7,8 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <unistd.h>
+
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -223,6 +225,33 @@ NamedTensors read_safetensors_index(const std::string& index_path) {
   NamedTensors out;  // in the index's order, not the shards'
   for (const auto& [name, shard] : index.entries) out.emplace_back(name, found.at(name));
   return out;
+}
+
+void write_sparse_safetensors(const std::string& path, const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors,
+                              c10::ScalarType dtype) {
+  const auto* entry = find_dtype(dtype);
+  if (!entry) throw UsageError(std::string("unsupported dtype ") + c10::toString(dtype));
+  nlohmann::ordered_json header;
+  uint64_t offset = 0;
+  for (const auto& [name, shape] : tensors) {
+    uint64_t bytes = c10::elementSize(dtype);
+    for (auto d : shape) bytes *= static_cast<uint64_t>(d);
+    header[name] = {{"dtype", entry->safetensors}, {"shape", shape}, {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+  }
+  std::string text = header.dump();
+  while ((text.size() + 8) % 8) text += ' ';
+  std::string prefix(8, '\0');
+  for (int i = 0; i < 8; ++i) prefix[static_cast<size_t>(i)] = static_cast<char>((static_cast<uint64_t>(text.size()) >> (8 * i)) & 0xff);
+  write_atomically(path, [&](const std::string& tmp) {
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      out << prefix << text;
+      if (!out) throw IoError(path + ": cannot write");
+    }
+    if (::truncate(tmp.c_str(), static_cast<off_t>(8 + text.size() + offset)) != 0)
+      throw IoError(path + ": cannot extend to " + std::to_string(8 + text.size() + offset) + " bytes");
+  });
 }
 
 void write_safetensors(const std::string& path, const NamedTensors& tensors,

@@ -467,6 +467,7 @@ class PickleWriter {
   void mark() { out_ += '('; }
   void tuple() { out_ += 't'; }
   void empty_tuple() { out_ += ')'; }
+  void empty_dict() { out_ += '}'; }
   void reduce() { out_ += 'R'; }
   void setitems() { out_ += 'u'; }
   void binpersid() { out_ += 'Q'; }
@@ -520,47 +521,62 @@ const char* storage_class(c10::ScalarType type) {
 
 }  // namespace
 
-void write_torch_save(const std::string& path, const NamedTensors& tensors) {
-  PickleWriter pk;
-  pk.global("collections", "OrderedDict");
-  pk.empty_tuple();
-  pk.reduce();
+namespace {
+
+// Pickles one tensor as torch.save does (_rebuild_tensor_v2 over a persistent storage id) and
+// queues its storage.
+void pickle_tensor(PickleWriter& pk, const std::string& path, const std::string& name, const at::Tensor& tensor,
+                   std::vector<at::Tensor>& storages) {
+  const char* cls = storage_class(tensor.scalar_type());
+  if (!cls) throw FormatError(path + ": tensor '" + name + "' has a dtype torch.save files cannot hold here");
+  at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
+  pk.global("torch._utils", "_rebuild_tensor_v2");
   pk.mark();
-  std::vector<at::Tensor> storages;
-  for (const auto& [name, tensor] : tensors) {
-    const char* cls = storage_class(tensor.scalar_type());
-    if (!cls) throw FormatError(path + ": tensor '" + name + "' has a dtype torch.save files cannot hold here");
-    at::Tensor t = tensor.detach().to(at::kCPU).contiguous();
-    pk.string(name);
-    pk.global("torch._utils", "_rebuild_tensor_v2");
-    pk.mark();
-    {
-      pk.mark();  // persistent id ('storage', torch.<Type>Storage, key, 'cpu', numel)
-      pk.string("storage");
-      pk.global("torch", cls);
-      pk.string(std::to_string(storages.size()));
-      pk.string("cpu");
-      pk.integer(t.numel());
-      pk.tuple();
-      pk.binpersid();
-      pk.integer(0);  // storage offset
-      pk.mark();
-      for (int64_t d : t.sizes()) pk.integer(d);
-      pk.tuple();
-      pk.mark();
-      for (int64_t s : t.strides()) pk.integer(s);
-      pk.tuple();
-      pk.boolean(false);  // requires_grad
-      pk.global("collections", "OrderedDict");  // backward hooks
-      pk.empty_tuple();
-      pk.reduce();
-    }
+  {
+    pk.mark();  // persistent id ('storage', torch.<Type>Storage, key, 'cpu', numel)
+    pk.string("storage");
+    pk.global("torch", cls);
+    pk.string(std::to_string(storages.size()));
+    pk.string("cpu");
+    pk.integer(t.numel());
     pk.tuple();
+    pk.binpersid();
+    pk.integer(0);  // storage offset
+    pk.mark();
+    for (int64_t d : t.sizes()) pk.integer(d);
+    pk.tuple();
+    pk.mark();
+    for (int64_t st : t.strides()) pk.integer(st);
+    pk.tuple();
+    pk.boolean(false);  // requires_grad
+    pk.global("collections", "OrderedDict");  // backward hooks
+    pk.empty_tuple();
     pk.reduce();
-    storages.push_back(t);
+  }
+  pk.tuple();
+  pk.reduce();
+  storages.push_back(t);
+}
+
+// An OrderedDict (state dicts) or a plain dict of name -> tensor.
+void pickle_tensor_dict(PickleWriter& pk, const std::string& path, const NamedTensors& tensors, bool ordered,
+                        std::vector<at::Tensor>& storages) {
+  if (ordered) {
+    pk.global("collections", "OrderedDict");
+    pk.empty_tuple();
+    pk.reduce();
+  } else {
+    pk.empty_dict();
+  }
+  pk.mark();
+  for (const auto& [name, tensor] : tensors) {
+    pk.string(name);
+    pickle_tensor(pk, path, name, tensor, storages);
   }
   pk.setitems();
-  pk.stop();
+}
+
+void write_pickle_archive(const std::string& path, const PickleWriter& pk, const std::vector<at::Tensor>& storages) {
   write_atomically(path, [&](const std::string& tmp) {
     try {
       caffe2::serialize::PyTorchStreamWriter writer(tmp);
@@ -576,6 +592,30 @@ void write_torch_save(const std::string& path, const NamedTensors& tensors) {
       throw IoError(path + ": cannot write (" + first_line(e.what()) + ")");
     }
   });
+}
+
+}  // namespace
+
+void write_torch_save(const std::string& path, const NamedTensors& tensors) {
+  PickleWriter pk;
+  std::vector<at::Tensor> storages;
+  pickle_tensor_dict(pk, path, tensors, /*ordered=*/true, storages);
+  pk.stop();
+  write_pickle_archive(path, pk, storages);
+}
+
+void write_torch_save_groups(const std::string& path, const std::vector<std::pair<std::string, NamedTensors>>& groups) {
+  PickleWriter pk;
+  std::vector<at::Tensor> storages;
+  pk.empty_dict();
+  pk.mark();
+  for (const auto& [group, tensors] : groups) {
+    pk.string(group);
+    pickle_tensor_dict(pk, path, tensors, /*ordered=*/false, storages);
+  }
+  pk.setitems();
+  pk.stop();
+  write_pickle_archive(path, pk, storages);
 }
 
 }  // namespace hrmclara

@@ -11,6 +11,7 @@
 #include <hrmclara/llm.h>
 #include <hrmclara/llm_tokenizer.h>
 #include <hrmclara/log.h>
+#include <hrmclara/lora.h>
 #include <hrmclara/tensor_io.h>
 
 #include <ATen/ATen.h>
@@ -57,16 +58,39 @@ LlmTokenizer load_tokenizer(const ArgParser& args) {
   return tokenizer;
 }
 
+// A model and the LoRA adapter given with --adapter (PEFT's layout), if any.
+struct LoadedModel {
+  DecoderLM model;
+  std::unique_ptr<LoraAdapter> adapter;  // null when none, or when merged into the weights
+};
+
 // `default_dtype` applies when --dtype is absent: float32 for the parity contract (forward,
 // generate --in), auto (the model's torch_dtype where the device runs it natively) otherwise.
-DecoderLM load_model(const ArgParser& args, const std::string& default_dtype) {
+LoadedModel load_model(const ArgParser& args, const std::string& default_dtype) {
   configure_threads(static_cast<int>(args.get_int("threads")));
   LlmLoadOptions options;
   options.device = resolve_device(args.get("device"));
   const std::string dir = args.require("model");
   options.dtype = resolve_dtype(args.has("dtype") ? args.get("dtype") : default_dtype, options.device,
                                 LlmConfig::load(dir + "/config.json").torch_dtype);
-  return DecoderLM::load(dir, options);
+  LoadedModel loaded{DecoderLM::load(dir, options), nullptr};
+  if (args.has("adapter")) {
+    auto adapter = read_peft_adapter(args.get("adapter"), "default", loaded.model.config(), options.dtype, options.device);
+    if (args.has("merge-adapter")) {
+      loaded.model.merge_adapter(adapter);  // as fast as the base from here on
+    } else {
+      loaded.adapter = std::make_unique<LoraAdapter>(std::move(adapter));
+    }
+  } else if (args.has("merge-adapter")) {
+    throw UsageError("--merge-adapter needs --adapter");
+  }
+  return loaded;
+}
+
+// --adapter / --merge-adapter, for forward and generate.
+void adapter_options(ArgParser& args) {
+  args.option("adapter", "a LoRA adapter in PEFT's layout (adapter_model.safetensors + adapter_config.json)")
+      .flag("merge-adapter", "merge the --adapter into the weights first (PEFT's merge_and_unload: faster, same outputs)");
 }
 
 std::map<std::string, at::Tensor> read_inputs(const std::string& path) {
@@ -107,8 +131,9 @@ int cmd_forward(int argc, char** argv) {
       .option("in", "int64 input_ids [B,T] or float32 inputs_embeds [B,T,H]; optional attention_mask, position_ids")
       .option("out", "written: float32 logits [B,T,V] and hidden_last [B,T,H] (padding rows zero)")
       .option("dtype", std::string(kDtypeChoices) + " (auto: config.json's torch_dtype where the device runs it natively, else float32)", "float32")
-      .flag("all-hidden", "also write hidden_states.<i>: the embeddings and every layer's output")
-      .common_options();
+      .flag("all-hidden", "also write hidden_states.<i>: the embeddings and every layer's output");
+  adapter_options(args);
+  args.common_options();
   if (!args.parse(argc, argv, 0)) return 0;
   set_log_level(args.get("log-level"));
   const std::string in_path = args.require("in"), out_path = args.require("out");
@@ -137,11 +162,13 @@ int cmd_forward(int argc, char** argv) {
   }
   if (t.count("attention_mask")) in.attention_mask = require_integer(t, in_path, "attention_mask", B, T);
   if (t.count("position_ids")) in.position_ids = require_integer(t, in_path, "position_ids", B, T);
-  const auto model = load_model(args, "float32");
+  const auto loaded = load_model(args, "float32");
+  const auto& model = loaded.model;
 
   c10::InferenceMode inference;
   LlmForwardOptions options;
   options.all_hidden_states = args.has("all-hidden");
+  options.adapter = loaded.adapter.get();
   const auto out = model.forward(in, nullptr, options);
   // Rows at padding positions are undefined; they are written as zeros.
   const auto keep = in.attention_mask.defined() ? in.attention_mask.ne(0).unsqueeze(-1) : at::ones({B, T, 1}, at::kBool);
@@ -212,8 +239,9 @@ int cmd_generate(int argc, char** argv) {
       .option("seed", "sampling seed", "0")
       .flag("ignore-eos", "do not stop at EOS")
       .flag("no-cache", "recompute the whole sequence every step instead of using the KV cache")
-      .option("dtype", std::string(kDtypeChoices) + " [float32 with --in (the parity contract), auto with --prompt: config.json's torch_dtype where the device runs it natively, else float32]")
-      .common_options();
+      .option("dtype", std::string(kDtypeChoices) + " [float32 with --in (the parity contract), auto with --prompt: config.json's torch_dtype where the device runs it natively, else float32]");
+  adapter_options(args);
+  args.common_options();
   if (!args.parse(argc, argv, 0)) return 0;
   set_log_level(args.get("log-level"));
   if (args.has("prompt") == args.has("in")) throw UsageError("give exactly one of --in and --prompt");
@@ -245,8 +273,10 @@ int cmd_generate(int argc, char** argv) {
     const auto encoded = tokenizer->encode(text, /*add_special_tokens=*/!args.has("chat"));
     ids = at::tensor(std::vector<int64_t>(encoded.begin(), encoded.end()), at::kLong).unsqueeze(0);
   }
-  const auto model = load_model(args, args.has("prompt") ? "auto" : "float32");
+  const auto loaded = load_model(args, args.has("prompt") ? "auto" : "float32");
+  const auto& model = loaded.model;
   auto options = generation_options(args);
+  options.adapter = loaded.adapter.get();
   // --prompt streams the text as it is generated: each step re-decodes the whole continuation
   // and prints what is new.
   std::vector<int> generated_ids;

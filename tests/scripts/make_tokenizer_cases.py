@@ -1,6 +1,6 @@
 """Writes tests/fixtures/tokenizer-cases/expected.json: what Hugging Face transformers' tokenizer
-does with the tokenizer configurations the C++ tokenizer tests (tests/clara/test_llm_tokenizer.cpp,
-tests/clara/test_llm_model.cpp) build.
+does with the tokenizer configurations the C++ tokenizer tests (tests/llm/test_llm_tokenizer.cpp,
+tests/llm/test_llm_model.cpp) build.
 
 Every configuration is a model folder holding tests/fixtures/clara-reference/tokenizer.model plus
 the files listed under its "files" (written byte for byte as they are stored in the JSON, so the
@@ -57,7 +57,7 @@ def error_text(e):
 
 # ---- the configurations ------------------------------------------------------------------------
 
-# tests/clara/test_llm_tokenizer.cpp, StripFlagsAndSpecialFlagsFromTokenizerConfig (as it wrote it).
+# tests/llm/test_llm_tokenizer.cpp, StripFlagsAndSpecialFlagsFromTokenizerConfig (as it wrote it).
 STRIP_CONFIG = """{
     "added_tokens_decoder": {
       "%d": {"content": "<L>", "lstrip": true, "rstrip": false, "special": true},
@@ -332,7 +332,7 @@ def compact_json(value, depth=0):
 
 def main():
     result = {
-        "about": "expectations of tests/clara/test_llm_tokenizer.cpp from transformers.AutoTokenizer; "
+        "about": "expectations of tests/llm/test_llm_tokenizer.cpp from transformers.AutoTokenizer; "
                  "made by tests/scripts/make_tokenizer_cases.py",
         "versions": {"transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
                      "sentencepiece": sentencepiece.__version__, "jinja2": jinja2.__version__},

@@ -4,13 +4,18 @@
 #include <hrmclara/files.h>
 #include <hrmclara/llm.h>
 #include <hrmclara/log.h>
+#include <hrmclara/lora.h>
 #include <hrmclara/tensor_io.h>
 
 #include "nn/transformer_ops.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
 #include <map>
 #include <set>
 
@@ -44,6 +49,7 @@ struct DecoderLM::Impl {
   at::Tensor embed_tokens, final_norm, lm_head;  // lm_head undefined when tied
   std::vector<LayerWeights> layers;
   at::Tensor inv_freq;  // float32 on `device`
+  std::unique_ptr<LoraAdapter> merged;  // a copy of the adapter merged into the weights, if any
 
   Impl(const LlmConfig& c, const LlmLoadOptions& o) : config(c), dtype(o.dtype), device(o.device), layers(c.num_hidden_layers) {
     if (dtype != c10::kFloat && dtype != c10::kBFloat16 && dtype != c10::kHalf)
@@ -148,6 +154,40 @@ DecoderLM DecoderLM::load(const std::string& model_dir, const LlmLoadOptions& op
   return DecoderLM(std::move(impl));
 }
 
+std::vector<std::pair<std::string, std::vector<int64_t>>> DecoderLM::weight_shapes(const LlmConfig& config) {
+  Impl impl(config, LlmLoadOptions{});
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  for (const auto& s : impl.slots()) out.emplace_back(s.name, s.shape);
+  return out;
+}
+
+void write_sparse_llm_checkpoint(const std::string& dir, const LlmConfig& config, c10::ScalarType dtype, int shards) {
+  if (shards < 1) throw UsageError("a checkpoint needs at least one shard");
+  make_directories(dir);
+  const auto shapes = DecoderLM::weight_shapes(config);
+  std::vector<std::vector<std::pair<std::string, std::vector<int64_t>>>> parts(static_cast<size_t>(shards));
+  nlohmann::ordered_json weight_map;
+  uint64_t total = 0;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const size_t shard = i * static_cast<size_t>(shards) / shapes.size();
+    parts[shard].push_back(shapes[i]);
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05d.safetensors", shard + 1, shards);
+    weight_map[shapes[i].first] = name;
+    uint64_t n = c10::elementSize(dtype);
+    for (auto d : shapes[i].second) n *= static_cast<uint64_t>(d);
+    total += n;
+  }
+  for (size_t s = 0; s < parts.size(); ++s) {
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05d.safetensors", s + 1, shards);
+    write_sparse_safetensors(in_dir(dir, name), parts[s], dtype);
+  }
+  write_file_atomically(in_dir(dir, "model.safetensors.index.json"),
+                        nlohmann::ordered_json{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}}.dump(1));
+  write_file_atomically(in_dir(dir, "config.json"), config.to_json_text());
+}
+
 DecoderLM DecoderLM::random(const LlmConfig& config, const LlmLoadOptions& options, uint64_t seed) {
   auto impl = std::make_unique<Impl>(config, options);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
@@ -223,13 +263,29 @@ LlmForwardOutput DecoderLM::Impl::forward(const LlmForwardInput& in, KvCache* ca
 
   LlmForwardOutput out;
   if (opt.all_hidden_states) out.hidden_states.push_back(x);
+  // The requested adapter's term is added. A merged adapter is part of the weights: a forward
+  // with no adapter, or with that one, runs the merged model as it is; a forward with another
+  // adapter takes the merged one's term out again.
+  const LoraAdapter* add = opt.adapter;
+  const LoraAdapter* remove = nullptr;
+  if (merged && add) {
+    if (add->name() == merged->name()) add = nullptr;
+    else remove = merged.get();
+  }
   const int64_t nh = c.num_attention_heads, nkv = c.num_key_value_heads, hd = c.head_dim;
   for (size_t i = 0; i < layers.size(); ++i) {
     const auto& l = layers[i];
+    const int64_t li = static_cast<int64_t>(i);
+    auto project = [&](const at::Tensor& in, LoraTarget t, const at::Tensor& w, const at::Tensor& b) {
+      at::Tensor y = at::linear(in, w, b);
+      if (add && add->has(li, t)) y = y + add->delta(in, li, t, opt.lora_dropout).to(y.scalar_type());
+      if (remove && remove->has(li, t)) y = y - remove->delta(in, li, t, false).to(y.scalar_type());
+      return y;
+    };
     const auto h = nn::rms_norm(x, l.input_norm, c.rms_norm_eps);
-    auto q = at::linear(h, l.q_w, l.q_b).view({B, T, nh, hd}).transpose(1, 2);
-    auto k = at::linear(h, l.k_w, l.k_b).view({B, T, nkv, hd}).transpose(1, 2);
-    auto v = at::linear(h, l.v_w, l.v_b).view({B, T, nkv, hd}).transpose(1, 2);
+    auto q = project(h, LoraTarget::kQ, l.q_w, l.q_b).view({B, T, nh, hd}).transpose(1, 2);
+    auto k = project(h, LoraTarget::kK, l.k_w, l.k_b).view({B, T, nkv, hd}).transpose(1, 2);
+    auto v = project(h, LoraTarget::kV, l.v_w, l.v_b).view({B, T, nkv, hd}).transpose(1, 2);
     q = nn::apply_rope(q, cos, sin);
     k = nn::apply_rope(k, cos, sin);
     if (cache) {
@@ -239,9 +295,14 @@ LlmForwardOutput DecoderLM::Impl::forward(const LlmForwardInput& in, KvCache* ca
       v = cache->values[i].narrow(2, 0, offset + T);
     }
     const auto attn = nn::attention(q, k, v, mask).transpose(1, 2).reshape({B, T, nh * hd});
-    x = x + at::linear(attn, l.o_w, l.o_b);
+    x = x + project(attn, LoraTarget::kO, l.o_w, l.o_b);
     const auto h2 = nn::rms_norm(x, l.post_norm, c.rms_norm_eps);
-    x = x + nn::swiglu_mlp(h2, l.gate_w, l.gate_b, l.up_w, l.up_b, l.down_w, l.down_b);
+    if (add || remove) {
+      const auto gate = at::silu(project(h2, LoraTarget::kGate, l.gate_w, l.gate_b));
+      x = x + project(gate * project(h2, LoraTarget::kUp, l.up_w, l.up_b), LoraTarget::kDown, l.down_w, l.down_b);
+    } else {
+      x = x + nn::swiglu_mlp(h2, l.gate_w, l.gate_b, l.up_w, l.up_b, l.down_w, l.down_b);
+    }
     if (opt.all_hidden_states && i + 1 < layers.size()) out.hidden_states.push_back(x);
   }
   if (cache) cache->length = offset + T;
@@ -260,6 +321,63 @@ LlmForwardOutput DecoderLM::Impl::forward(const LlmForwardInput& in, KvCache* ca
 LlmForwardOutput DecoderLM::forward(const LlmForwardInput& input, KvCache* cache, const LlmForwardOptions& options) const {
   return impl_->forward(input, cache, options);
 }
+
+at::Tensor DecoderLM::lm_head_logits(const at::Tensor& hidden) const {
+  return at::linear(hidden.to(impl_->dtype), impl_->head()).to(at::kFloat);
+}
+
+// ---- LoRA merging --------------------------------------------------------------------------------
+
+namespace {
+// The weight an adapter target modifies.
+at::Tensor& target_weight(LayerWeights& l, LoraTarget t) {
+  switch (t) {
+    case LoraTarget::kQ: return l.q_w;
+    case LoraTarget::kK: return l.k_w;
+    case LoraTarget::kV: return l.v_w;
+    case LoraTarget::kO: return l.o_w;
+    case LoraTarget::kGate: return l.gate_w;
+    case LoraTarget::kUp: return l.up_w;
+    case LoraTarget::kDown: return l.down_w;
+  }
+  throw std::logic_error("unknown LoRA target");
+}
+}  // namespace
+
+void DecoderLM::merge_adapter(const LoraAdapter& adapter) {
+  auto& m = *impl_;
+  if (m.merged) throw UsageError("adapter '" + m.merged->name() + "' is merged already; unmerge it first");
+  if (adapter.layers() != static_cast<int64_t>(m.layers.size()))
+    throw ShapeError("adapter '" + adapter.name() + "' has " + std::to_string(adapter.layers()) + " layers, the model " +
+                     std::to_string(m.layers.size()));
+  c10::NoGradGuard no_grad;
+  for (int64_t l = 0; l < adapter.layers(); ++l)
+    for (int i = 0; i < kLoraTargetCount; ++i) {
+      const auto t = static_cast<LoraTarget>(i);
+      if (!adapter.has(l, t)) continue;
+      auto& w = target_weight(m.layers[static_cast<size_t>(l)], t);
+      // A fresh tensor rather than an in-place add: the weight may be a view of a read-only mapping.
+      w = (w.to(at::kFloat) + adapter.delta_weight(l, t, at::kFloat).to(w.device())).to(m.dtype);
+    }
+  m.merged = std::make_unique<LoraAdapter>(adapter.clone(adapter.name()));
+  m.merged->set_requires_grad(false);
+}
+
+void DecoderLM::unmerge_adapter() {
+  auto& m = *impl_;
+  if (!m.merged) return;
+  c10::NoGradGuard no_grad;
+  for (int64_t l = 0; l < m.merged->layers(); ++l)
+    for (int i = 0; i < kLoraTargetCount; ++i) {
+      const auto t = static_cast<LoraTarget>(i);
+      if (!m.merged->has(l, t)) continue;
+      auto& w = target_weight(m.layers[static_cast<size_t>(l)], t);
+      w = (w.to(at::kFloat) - m.merged->delta_weight(l, t, at::kFloat).to(w.device())).to(m.dtype);
+    }
+  m.merged.reset();
+}
+
+std::string DecoderLM::merged_adapter() const { return impl_->merged ? impl_->merged->name() : std::string(); }
 
 at::Tensor DecoderLM::embed(const at::Tensor& input_ids) const {
   return at::embedding(impl_->embed_tokens, input_ids.to(impl_->device, at::kLong));

@@ -69,6 +69,7 @@ GenerationResult run_generation(const DecoderLM& model, const at::Tensor& prompt
 
   LlmForwardOptions last_only;
   last_only.last_position_only = true;
+  last_only.adapter = o.adapter;
   auto t0 = std::chrono::steady_clock::now();
   LlmForwardInput first;
   first.input_ids = ids;

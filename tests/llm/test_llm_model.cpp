@@ -422,28 +422,6 @@ TEST(LlmModel, SlidingWindowLimitsWhatOneLayerSees) {
 
 namespace {
 
-// Writes a safetensors file whose data region is a hole: the header is real, the bytes are
-// never written, so a multi-GB shard costs no disk and reading it yields zeros.
-void write_sparse_safetensors(const std::string& path, const std::vector<std::pair<std::string, std::vector<int64_t>>>& tensors) {
-  nlohmann::ordered_json header;
-  uint64_t offset = 0;
-  for (const auto& [name, shape] : tensors) {
-    uint64_t bytes = 2;
-    for (auto d : shape) bytes *= static_cast<uint64_t>(d);
-    header[name] = {{"dtype", "BF16"}, {"shape", shape}, {"data_offsets", {offset, offset + bytes}}};
-    offset += bytes;
-  }
-  std::string text = header.dump();
-  while ((text.size() + 8) % 8) text += ' ';
-  std::string prefix(8, '\0');
-  for (int i = 0; i < 8; ++i) prefix[i] = static_cast<char>((static_cast<uint64_t>(text.size()) >> (8 * i)) & 0xff);
-  write_bytes(path, prefix + text);
-  const int fd = ::open(path.c_str(), O_WRONLY);
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::ftruncate(fd, static_cast<off_t>(8 + text.size() + offset)), 0);
-  ::close(fd);
-}
-
 int64_t resident_bytes() {
   std::ifstream statm("/proc/self/statm");
   int64_t size = 0, resident = 0;
@@ -458,34 +436,10 @@ TEST(LlmLoader, A7BShardedBf16CheckpointIsMemoryMappedNotCopied) {
   LlmConfig c = LlmConfig::load(kModelDir + "/config.json");
   c.vocab_size = 32000, c.hidden_size = 4096, c.intermediate_size = 14336, c.num_hidden_layers = 32;
   c.num_attention_heads = 32, c.num_key_value_heads = 8, c.head_dim = 128;
-  const std::string dir = write_config(scratch.path() + "/mistral-7b", c.to_json_text());
-  // The shapes come from a random model's slots would cost 29 GB; list them by hand instead.
-  std::vector<std::vector<std::pair<std::string, std::vector<int64_t>>>> shards(3);
-  nlohmann::ordered_json weight_map;
-  auto add = [&](int shard, const std::string& name, std::vector<int64_t> shape) {
-    shards[shard].emplace_back(name, shape);
-    weight_map[name] = "model-0000" + std::to_string(shard + 1) + "-of-00003.safetensors";
-  };
-  add(0, "model.embed_tokens.weight", {32000, 4096});
-  for (int i = 0; i < 32; ++i) {
-    const int s = i < 16 ? 0 : 1;
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    add(s, p + "self_attn.q_proj.weight", {4096, 4096});
-    add(s, p + "self_attn.k_proj.weight", {1024, 4096});
-    add(s, p + "self_attn.v_proj.weight", {1024, 4096});
-    add(s, p + "self_attn.o_proj.weight", {4096, 4096});
-    add(s, p + "mlp.gate_proj.weight", {14336, 4096});
-    add(s, p + "mlp.up_proj.weight", {14336, 4096});
-    add(s, p + "mlp.down_proj.weight", {4096, 14336});
-    add(s, p + "input_layernorm.weight", {4096});
-    add(s, p + "post_attention_layernorm.weight", {4096});
-  }
-  add(2, "model.norm.weight", {4096});
-  add(2, "lm_head.weight", {32000, 4096});
-  for (int s = 0; s < 3; ++s)
-    write_sparse_safetensors(dir + "/model-0000" + std::to_string(s + 1) + "-of-00003.safetensors", shards[s]);
-  write_file_atomically(dir + "/model.safetensors.index.json",
-                        nlohmann::json{{"metadata", {{"total_size", 2 * 7241732096LL}}}, {"weight_map", weight_map}}.dump());
+  // A sparse checkpoint: real headers, data regions that are holes (no disk used).
+  const std::string dir = scratch.path() + "/mistral-7b";
+  write_sparse_llm_checkpoint(dir, c, torch::kBFloat16, 3);
+  EXPECT_TRUE(file_exists(dir + "/model-00003-of-00003.safetensors"));
 
   const int64_t before = resident_bytes();
   LlmLoadOptions o;
