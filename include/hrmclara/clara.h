@@ -150,6 +150,10 @@ class ClaraModel {
   // the top generation_top_k are spliced, the decoder answers (upstream generate_from_questions).
   ClaraAnswer answer_end_to_end(const std::vector<std::string>& questions, const at::Tensor& candidates, int64_t top_k,
                                 const GenerationOptions& options) const;
+  // Generates from rendered prompts (their <MEM0..n-1><SEP> slots filled from memory [B * k, n, H],
+  // k slots per prompt) with the decoder adapter: what answer() and paraphrase() run.
+  ClaraAnswer generate_from_prompts(const std::vector<std::string>& prompts, const at::Tensor& memory,
+                                    const GenerationOptions& options) const;
   // Query vectors [B, n, H] of questions (the query reasoner; the encoder when there is none).
   at::Tensor encode_queries(const std::vector<std::string>& questions) const;
   // The Base model's paraphrase of each group of documents (upstream generate_from_paraphrase):

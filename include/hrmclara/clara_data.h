@@ -114,6 +114,9 @@ class PyRandom {
   double random();                                      // [0, 1), 53 bits
   uint64_t randbelow(uint64_t n);                       // [0, n), n > 0, as _randbelow_with_getrandbits
   size_t choice_index(size_t size) { return static_cast<size_t>(randbelow(size)); }  // random.choice
+  // The generator's whole state (624 words and the position), to save and restore a run exactly.
+  std::vector<uint32_t> state() const;
+  void set_state(const std::vector<uint32_t>& state);  // UsageError for a wrong size or position
 
  private:
   uint32_t state_[624] = {};

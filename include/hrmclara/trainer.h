@@ -14,6 +14,7 @@
 #include <hrmclara/config.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -61,6 +62,9 @@ struct TrainerOptions {
   double max_minutes = 0;           // 0: no limit; else stop, evaluate and save after this long
   int64_t max_steps = 0;            // 0: the task's total_steps; else stop after this step
   bool progress_bar = true;         // a live bar on stderr when it is a terminal
+  // The lr factor of optimizer step `step` (1-based); when unset, cosine_schedule_factor with
+  // warmup_steps and lr_min_ratio (HRM's schedule).
+  std::function<double(int64_t step, int64_t total_steps)> lr_schedule;
 };
 
 class Trainer {

@@ -400,6 +400,18 @@ void PyRandom::seed_words(const std::vector<uint32_t>& words) {
   index_ = 624;
 }
 
+std::vector<uint32_t> PyRandom::state() const {
+  std::vector<uint32_t> out(state_, state_ + 624);
+  out.push_back(static_cast<uint32_t>(index_));
+  return out;
+}
+
+void PyRandom::set_state(const std::vector<uint32_t>& state) {
+  if (state.size() != 625 || state[624] > 624) throw UsageError("Python random state: expected 624 words and a position <= 624");
+  std::copy(state.begin(), state.begin() + 624, state_);
+  index_ = static_cast<int>(state[624]);
+}
+
 uint32_t PyRandom::next_uint32() {
   constexpr uint32_t kUpper = 0x80000000u, kLower = 0x7FFFFFFFu, kMatrixA = 0x9908B0DFu;
   if (index_ >= 624) {

@@ -598,15 +598,27 @@ ClaraAnswer run_decoder(const ClaraModel& model, const std::vector<std::string>&
   out.decode_seconds = generated.decode_seconds;
   out.decode_steps = generated.steps - 1;
   const auto eos = model.base().config().eos_token_ids;
+  const int64_t vocab = model.tokenizer().vocab_size();
   for (int64_t b = 0; b < out.output_ids.size(0); ++b) {
     std::vector<int> row;
-    for (int64_t j = 0; j < out.output_ids.size(1); ++j) row.push_back(static_cast<int>(out.output_ids[b][j].item<int64_t>()));
+    // An lm_head wider than the tokenizer (a padded vocabulary) can emit ids no piece has: they
+    // decode to nothing, as in transformers.
+    for (int64_t j = 0; j < out.output_ids.size(1); ++j) {
+      const int64_t id = out.output_ids[b][j].item<int64_t>();
+      if (id < vocab) row.push_back(static_cast<int>(id));
+    }
     out.texts.push_back(model.tokenizer().decode(row, /*skip_special_tokens=*/true));
   }
   return out;
 }
 
 }  // namespace
+
+ClaraAnswer ClaraModel::generate_from_prompts(const std::vector<std::string>& prompts, const at::Tensor& memory,
+                                              const GenerationOptions& options) const {
+  if (prompts.empty()) throw UsageError("no prompt to generate from");
+  return run_decoder(*this, prompts, memory, options);
+}
 
 ClaraAnswer ClaraModel::answer(const std::vector<std::string>& questions, const at::Tensor& memory,
                                const GenerationOptions& options) const {

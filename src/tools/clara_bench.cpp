@@ -11,6 +11,7 @@
 #include <hrmclara/files.h>
 #include <hrmclara/info.h>
 #include <hrmclara/llm.h>
+#include <hrmclara/optim.h>
 #include <hrmclara/tensor_io.h>
 
 #include <torch/torch.h>
@@ -195,12 +196,12 @@ int main(int argc, char** argv) {
       auto params = model.prepare_training("stage1");
       std::vector<at::Tensor> trainable;
       for (auto& [name, p] : params) trainable.push_back(p);
-      torch::optim::AdamW adamw(trainable, torch::optim::AdamWOptions(1e-4).betas({0.9, 0.95}).eps(1e-8).weight_decay(0.0));
+      AdamW adamw(params, AdamW::Options{1e-4, 0.9, 0.95, 1e-8, 0.0});
       const double s = seconds_of(
           [&] {
             adamw.zero_grad();
             model.stage_forward("stage1", t, 0.1, true).total_loss.backward();
-            torch::nn::utils::clip_grad_norm_(trainable, 1.0);
+            clip_grad_norm(trainable, 1.0);
             adamw.step();
           },
           repeats);

@@ -13,6 +13,7 @@
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
 #include <hrmclara/log.h>
+#include <hrmclara/optim.h>
 #include <hrmclara/tensor_io.h>
 
 #include <torch/torch.h>
@@ -294,17 +295,19 @@ int cmd_step(int argc, char** argv) {
   }
   r.total_loss.backward();
   std::vector<at::Tensor> with_grad;
+  NamedTensors named_with_grad;
   for (const auto& [name, param] : params) {
     if (!param.grad().defined()) continue;
     put("grad." + public_name(name), param.grad().to(at::kFloat));
     with_grad.push_back(param);
+    named_with_grad.emplace_back(name, param);
   }
   if (a.has("adamw-step")) {
     // upstream: DeepSpeed's clipping to max_grad_norm, then FusedAdam in AdamW mode (betas 0.9 /
     // 0.95, eps 1e-8, weight decay 0), one micro-batch per step.
-    const double norm = torch::nn::utils::clip_grad_norm_(with_grad, step["max_grad_norm"].get<double>());
+    const double norm = clip_grad_norm(with_grad, step["max_grad_norm"].get<double>());
     put("grad_norm", torch::tensor(norm, torch::kFloat));
-    torch::optim::AdamW adamw(with_grad, torch::optim::AdamWOptions(step["lr"].get<double>()).betas({0.9, 0.95}).eps(1e-8).weight_decay(0.0));
+    AdamW adamw(named_with_grad, AdamW::Options{step["lr"].get<double>(), 0.9, 0.95, 1e-8, 0.0});
     adamw.step();
     for (const auto& [name, param] : params) put("step." + public_name(name), param.to(at::kFloat));
     torch::NoGradGuard no_grad;

@@ -203,7 +203,8 @@ Trainer::Outcome Trainer::run() {
   Outcome outcome = Outcome::kFinished;
 
   while (step_ < last_step) {
-    const double lr_factor = cosine_schedule_factor(step_ + 1, opt_.warmup_steps, total, opt_.lr_min_ratio);
+    const double lr_factor = opt_.lr_schedule ? opt_.lr_schedule(step_ + 1, total)
+                                              : cosine_schedule_factor(step_ + 1, opt_.warmup_steps, total, opt_.lr_min_ratio);
     TrainTask::StepResult r = task_.train_step(step_ + 1, lr_factor);
     ++step_;
     elapsed_s_ = elapsed_at_start + seconds();
