@@ -21,14 +21,10 @@ reference=1
   reference=0
   echo "bench_clara: transformers + peft not importable by $python; timing clara_bench only" \
        "(for the comparison: $python -m pip install transformers==4.56.2 peft==0.17.1)" >&2; }
-"$build/bin/hrmclara_info" | sed -n 's/^\(cpu\|aten capability\|native bf16\):/bench_clara: &/p' >&2
-if [ -n "${DTYPES:-}" ]; then
-  read -r -a dtypes <<<"$DTYPES"
-elif "$build/bin/hrmclara_info" --json | "$python" -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["cpu"]["native_bfloat16"] else 1)'; then
-  dtypes=(float32 bfloat16)
-else
-  dtypes=(float32)
-fi
+# shellcheck source=scripts/bench_common.sh
+source scripts/bench_common.sh
+bench_machine "$build" bench_clara
+bench_dtypes "$build" "$python"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 config=models/llm/synthetic-100m.json

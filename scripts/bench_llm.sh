@@ -39,15 +39,10 @@ cases=(
   "--config $synthetic 128 32"
 )
 
-"$build/bin/hrmclara_info" | sed -n 's/^\(cpu\|aten capability\|native bf16\):/bench_llm: &/p' >&2
-if [ -n "${DTYPES:-}" ]; then
-  read -r -a dtypes <<<"$DTYPES"
-elif "$build/bin/hrmclara_info" --json | "$python" -c 'import json, sys; sys.exit(0 if json.load(sys.stdin)["cpu"]["native_bfloat16"] else 1)'; then
-  dtypes=(float32 bfloat16)
-else
-  dtypes=(float32)
-  echo "bench_llm: this CPU has no native bf16; timing float32 only (DTYPES=\"float32 bfloat16\" forces both)" >&2
-fi
+# shellcheck source=scripts/bench_common.sh
+source scripts/bench_common.sh
+bench_machine "$build" bench_llm
+bench_dtypes "$build" "$python"
 for dtype in "${dtypes[@]}"; do
   for c in "${cases[@]}"; do
     read -r flag src prompt new <<<"$c"

@@ -15,7 +15,7 @@ say() { printf 'setup: %s\n' "$*"; }
 
 if [ "$(uname -s)" = "Darwin" ]; then
   steps=(
-    "brew install cmake ninja pkg-config sentencepiece nlohmann-json spdlog googletest yaml-cpp python@3.12"
+    "brew install cmake ninja pkg-config sentencepiece nlohmann-json spdlog googletest yaml-cpp poppler python@3.12"
     "python3.12 -m venv $HRMCLARA_VENV"
     "$HRMCLARA_VENV/bin/pip install torch==$HRMCLARA_TORCH_VERSION numpy safetensors sentencepiece"
   )
@@ -34,6 +34,7 @@ debs=(
   python3 python3-venv python3-pip python3-numpy
   libsentencepiece-dev sentencepiece python3-sentencepiece
   nlohmann-json3-dev libspdlog-dev libfmt-dev libgtest-dev libyaml-cpp-dev
+  libpoppler-cpp-dev
 )
 missing=()
 for p in "${debs[@]}"; do

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <hrmclara/tensor_io.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -100,6 +101,12 @@ inline testing::AssertionResult same_tensor(const at::Tensor& got, const at::Ten
   if (got.sizes() != want.sizes()) return testing::AssertionFailure() << "shape " << got.sizes() << ", expected " << want.sizes();
   if (!got.equal(want)) return testing::AssertionFailure() << "values differ";
   return testing::AssertionSuccess();
+}
+
+// The largest absolute difference relative to the largest magnitude of `want` (in float64).
+inline double rel_error(const at::Tensor& got, const at::Tensor& want) {
+  const double scale = std::max(want.abs().max().item<double>(), 1e-12);
+  return (got.detach().to(at::kDouble) - want.to(at::kDouble)).abs().max().item<double>() / scale;
 }
 
 // Same names in the same order, and per tensor the same dtype, shape and values.

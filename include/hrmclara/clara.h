@@ -138,7 +138,10 @@ class ClaraModel {
   // stage1_2 compress with the encoder adapter (with gradient) and answer with the decoder;
   // stage2 compresses under no_grad, encodes the queries with the query reasoner and splices the
   // straight-through top-k documents. `mse_weight` is 0.1 with --mse_loss (stages 1 and 1_2).
-  StageOutput stage_forward(const std::string& stage, const ClaraTensors& batch, double mse_weight, bool train) const;
+  // `zero_memory` replaces every spliced memory vector by zeros: the decoder then sees no document,
+  // the baseline a compressor must beat.
+  StageOutput stage_forward(const std::string& stage, const ClaraTensors& batch, double mse_weight, bool train,
+                            bool zero_memory = false) const;
 
   // ---- inference (eval, no grad) ----
   // Compresses documents [docs] into [docs, n, H] in batches of `batch_size`.

@@ -32,11 +32,13 @@ namespace hrmclara::clara {
 //   weight_decay, adam_betas, adam_eps, max_grad_norm, mse_loss (weight 0.1), train_base (also
 //   train every base weight: only for small models trained from scratch);
 //   dtype (auto | float32 | bfloat16: the compute dtype; trainable tensors keep float32 masters);
-//   seed, log_every, eval_every_steps, eval_max_examples, eval_max_new_tokens,
+//   seed, log_every, eval_every_steps, eval_max_examples, eval_max_new_tokens (0: teacher-forced
+//   evaluation only: loss and token accuracy, also with zeroed memory),
 //   checkpoint_every_steps, keep_checkpoints.
 Json default_clara_train_config();
 // Merges a user config (a preset, overrides) into the defaults; ConfigError naming the key.
-Json validated_clara_train_config(const Json& user, const std::string& where);
+// require_inputs=false checks every value but lets base/train_data/init be empty (--print-config).
+Json validated_clara_train_config(const Json& user, const std::string& where, bool require_inputs = true);
 
 // transformers' get_cosine_with_min_lr_schedule_with_warmup as upstream's DeepSpeed runs use it:
 // the factor of the base lr for optimizer step `step` (1-based): lambda(step - 1), i.e. 0 for the

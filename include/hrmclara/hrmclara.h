@@ -6,7 +6,10 @@
 #include <hrmclara/clara.h>
 #include <hrmclara/clara_config.h>
 #include <hrmclara/clara_data.h>
+#include <hrmclara/clara_eval.h>
 #include <hrmclara/clara_index.h>
+#include <hrmclara/clara_prepare.h>
+#include <hrmclara/clara_train.h>
 #include <hrmclara/config.h>
 #include <hrmclara/device.h>
 #include <hrmclara/errors.h>

@@ -132,6 +132,13 @@ class DecoderLM {
 // `shards` files.
 void write_sparse_llm_checkpoint(const std::string& dir, const LlmConfig& config, c10::ScalarType dtype, int shards = 3);
 
+// Writes a model directory for `config` with random weights (DecoderLM::random's: normal, std
+// 0.02; norms 1) in `dtype`, config.json (its torch_dtype set), and the tokenizer files of
+// `tokenizer_dir` (tokenizer.model and, when present, tokenizer_config.json, special_tokens_map.json):
+// a base to train from scratch or to benchmark with.
+void write_random_llm(const std::string& dir, LlmConfig config, c10::ScalarType dtype, uint64_t seed,
+                      const std::string& tokenizer_dir);
+
 // ---- generation -----------------------------------------------------------------------------
 
 struct GenerationOptions {

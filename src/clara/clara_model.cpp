@@ -466,7 +466,8 @@ std::pair<at::Tensor, at::Tensor> ClaraModel::differentiable_topk(const at::Tens
   return {hard + (z_soft - z_soft.detach()), idx};
 }
 
-StageOutput ClaraModel::stage_forward(const std::string& stage_name, const ClaraTensors& b, double mse_weight, bool train) const {
+StageOutput ClaraModel::stage_forward(const std::string& stage_name, const ClaraTensors& b, double mse_weight, bool train,
+                                      bool zero_memory) const {
   const std::string stage = canonical_stage(stage_name);
   const auto& m = *impl_;
   const int64_t n = config().mem_tokens(), H = m.base->config().hidden_size;
@@ -489,6 +490,7 @@ StageOutput ClaraModel::stage_forward(const std::string& stage_name, const Clara
     std::tie(out.memory, out.mse) = compress_tokens(b.enc_ids, b.enc_mask, kEncoderAdapter, train);
     selected = out.memory;
   }
+  if (zero_memory) selected = at::zeros_like(selected);
   const auto embeds = splice(b.dec_ids, selected, &out.splice_index);
   LlmForwardInput in;
   in.inputs_embeds = embeds;

@@ -63,7 +63,7 @@ Json default_clara_train_config() {
   };
 }
 
-Json validated_clara_train_config(const Json& user, const std::string& where) {
+Json validated_clara_train_config(const Json& user, const std::string& where, bool require_inputs) {
   Json c = merge_config(default_clara_train_config(), user, where);
   auto fail = [&](const std::string& key, const std::string& what) { throw ConfigError(where + ": '" + key + "' " + what); };
   try {
@@ -71,9 +71,9 @@ Json validated_clara_train_config(const Json& user, const std::string& where) {
   } catch (const ConfigError& e) {
     fail("stage", e.what());
   }
-  for (const char* k : {"train_batch_size", "micro_batch_size", "dec_max_len", "log_every", "keep_checkpoints", "eval_max_new_tokens"})
+  for (const char* k : {"train_batch_size", "micro_batch_size", "dec_max_len", "log_every", "keep_checkpoints"})
     if (c[k].get<double>() < 1) fail(k, "must be >= 1");
-  for (const char* k : {"doc_max_length", "compr_rate", "generation_top_k", "lora_r", "lora_alpha", "max_samples", "max_steps",
+  for (const char* k : {"doc_max_length", "compr_rate", "generation_top_k", "lora_r", "lora_alpha", "max_samples", "max_steps", "eval_max_new_tokens",
                         "lr", "warmup_ratio", "weight_decay", "eval_every_steps", "eval_max_examples", "checkpoint_every_steps",
                         "adam_eps", "max_grad_norm"})
     if (c[k].get<double>() < 0) fail(k, "must not be negative");
@@ -89,6 +89,7 @@ Json validated_clara_train_config(const Json& user, const std::string& where) {
   for (const auto& b : c["adam_betas"])
     if (!b.is_number() || b.get<double>() < 0 || b.get<double>() >= 1) fail("adam_betas", "must hold two numbers in [0, 1)");
   parse_clara_truncation(c["truncation"].get<std::string>());
+  if (!require_inputs) return c;
   if (c["base"].get<std::string>().empty()) fail("base", "is empty: give the base model directory (--base)");
   if (c["train_data"].get<std::string>().empty()) fail("train_data", "is empty: give the training rows (train_data=FILE)");
   if (c["stage"] != "stage1" && c["init"].get<std::string>().empty())
@@ -364,8 +365,8 @@ Metrics ClaraTrainTask::evaluate() {
                             : static_cast<int64_t>(eval_rows_.size());
   PyRandom rng(config_["paraphrase_seed"].get<int64_t>());  // the same templates at every evaluation
   Metrics out;
-  double loss = 0;
-  int64_t batches = 0;
+  double loss = 0, zero_loss = 0;
+  int64_t batches = 0, correct = 0, zero_correct = 0, target_count = 0;
   std::vector<qa::QaResult> results;
   const int64_t n = model_->mem_tokens();
   for (int64_t start = 0; start < limit; start += micro) {
@@ -373,9 +374,21 @@ Metrics ClaraTrainTask::evaluate() {
     PyRandom copy = rng;
     const auto b = clara_collate(model_->tokenizer(), part, data_stage_, collate_, rng);
     if (b.size() > 0) {
-      loss += model_->stage_forward(stage_, tensors_of(b, device_), 0.0, false).loss.item<double>();
+      // Teacher-forced: the loss, and the share of target tokens the decoder predicts exactly, from
+      // the compressed documents and from zeroed memory vectors (what it guesses without them).
+      const auto t = tensors_of(b, device_);
+      const auto r = model_->stage_forward(stage_, t, 0.0, false);
+      const auto zero = model_->stage_forward(stage_, t, 0.0, false, /*zero_memory=*/true);
+      const auto labels = t.labels.narrow(1, 1, t.labels.size(1) - 1);
+      const auto targets = labels.masked_select(labels.ne(-100)).to(at::kCPU);
+      loss += r.loss.item<double>();
+      zero_loss += zero.loss.item<double>();
+      correct += r.logits_at_targets.argmax(-1).to(at::kCPU).eq(targets).sum().item<int64_t>();
+      zero_correct += zero.logits_at_targets.argmax(-1).to(at::kCPU).eq(targets).sum().item<int64_t>();
+      target_count += targets.numel();
       ++batches;
     }
+    if (config_["eval_max_new_tokens"].get<int64_t>() == 0) continue;  // teacher-forced metrics only
     // Generation: the prompt without the answer, the documents compressed, greedy decoding.
     GenerationOptions g;
     g.max_new_tokens = config_["eval_max_new_tokens"].get<int64_t>();
@@ -406,6 +419,10 @@ Metrics ClaraTrainTask::evaluate() {
     }
   }
   out["loss"] = batches ? loss / static_cast<double>(batches) : std::nan("");
+  out["loss_zero_memory"] = batches ? zero_loss / static_cast<double>(batches) : std::nan("");
+  out["token_accuracy"] = target_count ? static_cast<double>(correct) / static_cast<double>(target_count) : 0.0;
+  out["token_accuracy_zero_memory"] = target_count ? static_cast<double>(zero_correct) / static_cast<double>(target_count) : 0.0;
+  if (results.empty()) return out;
   const auto basic = qa::basic_metrics(results);
   out["em"] = basic.em;
   out["f1"] = basic.f1;

@@ -188,6 +188,21 @@ void write_sparse_llm_checkpoint(const std::string& dir, const LlmConfig& config
   write_file_atomically(in_dir(dir, "config.json"), config.to_json_text());
 }
 
+void write_random_llm(const std::string& dir, LlmConfig config, c10::ScalarType dtype, uint64_t seed,
+                      const std::string& tokenizer_dir) {
+  if (!file_exists(in_dir(tokenizer_dir, "tokenizer.model")))
+    throw IoError(in_dir(tokenizer_dir, "tokenizer.model") + ": missing (the new model needs a tokenizer)");
+  make_directories(dir);
+  config.torch_dtype = dtype_name(dtype);
+  LlmLoadOptions o;
+  o.dtype = dtype;
+  const auto model = DecoderLM::random(config, o, seed);
+  write_safetensors(in_dir(dir, "model.safetensors"), model.named_weights(), {{"format", "pt"}});
+  write_file_atomically(in_dir(dir, "config.json"), config.to_json_text());
+  for (const char* f : {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"})
+    if (file_exists(in_dir(tokenizer_dir, f))) copy_file(in_dir(tokenizer_dir, f), in_dir(dir, f));
+}
+
 DecoderLM DecoderLM::random(const LlmConfig& config, const LlmLoadOptions& options, uint64_t seed) {
   auto impl = std::make_unique<Impl>(config, options);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);

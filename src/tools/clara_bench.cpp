@@ -48,19 +48,6 @@ std::string synthetic_text(int& calls, int words) {
   return out + ".";
 }
 
-// A base directory with `config`, random weights in `dtype` and the tokenizer files of `tokenizer_dir`.
-void write_random_base(const std::string& dir, LlmConfig config, c10::ScalarType dtype, const std::string& tokenizer_dir) {
-  make_directories(dir);
-  config.torch_dtype = dtype_name(dtype);
-  LlmLoadOptions o;
-  o.dtype = dtype;
-  const auto model = DecoderLM::random(config, o, 0);
-  write_safetensors(dir + "/model.safetensors", model.named_weights(), {{"format", "pt"}});
-  write_file_atomically(dir + "/config.json", config.to_json_text());
-  for (const char* f : {"tokenizer.model", "tokenizer_config.json"})
-    if (file_exists(tokenizer_dir + "/" + f)) copy_file(tokenizer_dir + "/" + f, dir + "/" + f);
-}
-
 Json line_of(const std::string& what, const c10::ScalarType dtype, int threads) {
   return Json{{"bench", what},
               {"implementation", "hrmclara " + version()},
@@ -140,7 +127,7 @@ int main(int argc, char** argv) {
     const auto dtype = resolve_dtype(args.get("dtype"), device, declared.torch_dtype);
     if (args.has("config")) {
       base = args.get("work-dir") + "/clara-bench-base";
-      write_random_base(base, declared, dtype, args.require("tokenizer"));
+      write_random_llm(base, declared, dtype, 0, args.require("tokenizer"));
     }
     ClaraConfig cfg;
     cfg.doc_max_length = args.get_int("doc-tokens");

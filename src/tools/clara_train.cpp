@@ -72,11 +72,13 @@ int main(int argc, char** argv) {
         if (args.has(flag)) user[key] = args.get(flag);
       user = apply_overrides(merge_config(default_clara_train_config(), user, args.has("config") ? args.get("config") : "flags"),
                              args.positionals());
-      config = validated_clara_train_config(user, args.has("config") ? args.get("config") + " with the command line" : "the command line");
+      const std::string where = args.has("config") ? args.get("config") + " with the command line" : "the command line";
       if (args.has("print-config")) {
+        config = validated_clara_train_config(user, where, /*require_inputs=*/false);
         std::cout << config.dump(2) << std::endl;
         return 0;
       }
+      config = validated_clara_train_config(user, where);
       run_dir = args.has("out") ? args.get("out") : default_run_dir();
     }
 

@@ -32,11 +32,12 @@ const char* kUsage =
     "llm_tool COMMAND [options]\n"
     "  tokenize --model DIR [--add-special-tokens T1,T2,...] [--bos] --text TEXT\n"
     "  forward  --model DIR --in IN.safetensors --out OUT.safetensors [--dtype auto|float32|bfloat16|float16]\n"
-    "           [--all-hidden] [--device D]\n"
+    "           [--all-hidden] [--adapter DIR [--merge-adapter]] [--device D]\n"
     "  generate --model DIR (--in IN.safetensors --out OUT.safetensors | --prompt TEXT [--chat] [--system S])\n"
     "           [--max-new-tokens N] [--greedy | --sample] [--temperature T] [--top-k K] [--top-p P] [--seed S]\n"
     "           [--ignore-eos] [--no-cache] [--dtype D] [--device D] [--add-special-tokens T1,...]\n"
     "  info     --model DIR\n"
+    "  init     --config config.json --tokenizer DIR --out DIR [--dtype D] [--seed S]   (random weights)\n"
     "Run `llm_tool COMMAND --help` for a command's options.";
 
 std::vector<std::string> split_commas(const std::string& text) {
@@ -318,6 +319,22 @@ int cmd_generate(int argc, char** argv) {
   return 0;
 }
 
+int cmd_init(int argc, char** argv) {
+  ArgParser args("llm_tool init", "--config config.json --tokenizer DIR --out DIR [--dtype float32|bfloat16|float16] [--seed S]");
+  args.option("config", "a Hugging Face config.json (e.g. models/llm/tiny-clara.json)")
+      .option("tokenizer", "a directory with tokenizer.model (and tokenizer_config.json) to copy")
+      .option("out", "the new model directory")
+      .option("dtype", "weights dtype", "float32")
+      .option("seed", "random seed", "0")
+      .option("log-level", "error, warn, info or debug", "warn");
+  if (!args.parse(argc, argv, 0)) return 0;
+  const auto config = LlmConfig::load(args.require("config"));
+  write_random_llm(args.require("out"), config, dtype_from_name(args.get("dtype")), static_cast<uint64_t>(args.get_int("seed")),
+                   args.require("tokenizer"));
+  std::cout << nlohmann::json{{"out", args.get("out")}, {"parameters", config.parameter_count()}}.dump() << "\n";
+  return 0;
+}
+
 int cmd_info(int argc, char** argv) {
   ArgParser args("llm_tool info", "--model DIR");
   args.option("model", "Hugging Face model directory");
@@ -343,6 +360,7 @@ int main(int argc, char** argv) {
     if (command == "forward") return cmd_forward(argc - 1, argv + 1);
     if (command == "generate") return cmd_generate(argc - 1, argv + 1);
     if (command == "info") return cmd_info(argc - 1, argv + 1);
-    throw UsageError("unknown command '" + command + "' (tokenize, forward, generate or info)");
+    if (command == "init") return cmd_init(argc - 1, argv + 1);
+    throw UsageError("unknown command '" + command + "' (tokenize, forward, generate, info or init)");
   });
 }

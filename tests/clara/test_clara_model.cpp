@@ -48,10 +48,6 @@ const torch::Tensor& want(const std::string& key) {
   return it->second;
 }
 
-double rel_error(const torch::Tensor& got, const torch::Tensor& ref) {
-  const double scale = std::max(ref.abs().max().item<double>(), 1e-12);
-  return (got.detach().to(torch::kDouble) - ref.to(torch::kDouble)).abs().max().item<double>() / scale;
-}
 
 ClaraTensors fixture_batch(const std::string& stage, int64_t docs_per_row) {
   ClaraTensors b;

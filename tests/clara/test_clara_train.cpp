@@ -32,10 +32,6 @@ std::map<std::string, torch::Tensor> fixture_tensors() {
   return m;
 }
 
-double rel_error(const torch::Tensor& got, const torch::Tensor& ref) {
-  const double scale = std::max(ref.abs().max().item<double>(), 1e-12);
-  return (got.detach().to(torch::kDouble) - ref.to(torch::kDouble)).abs().max().item<double>() / scale;
-}
 
 // The fixture's stage-1 step as a training config: its two rows, one micro-batch, float32,
 // dropout off, no schedule (the fixture stepped torch's AdamW once at lr 1e-4).
@@ -285,6 +281,16 @@ TEST(ClaraTrain, BadConfigsAndFlagsAreOneLineErrors) {
     c["train_data"] = "rows.jsonl";
     EXPECT_NO_THROW(validated_clara_train_config(c, path)) << path;
   }
+  // --print-config shows a preset before any input is named, and still checks the values.
+  const std::string preset = fixture("../../models/clara/stage1_2.json");
+  const auto printed = run_command(tool("clara_train") + " --config " + preset + " lr=3e-5 --print-config", dir.path());
+  ASSERT_EQ(printed.exit_code, 0) << printed.err;
+  const Json shown = Json::parse(printed.out);
+  EXPECT_EQ(shown["stage"], "stage1_2");
+  EXPECT_DOUBLE_EQ(shown["lr"].get<double>(), 3e-5);
+  const auto bad_print = run_command(tool("clara_train") + " --config " + preset + " lr=-1 --print-config", dir.path());
+  EXPECT_EQ(bad_print.exit_code, 5) << bad_print.err;
+  EXPECT_NE(bad_print.err.find("'lr'"), std::string::npos) << bad_print.err;
   write_bytes(dir / "bad.jsonl", "{\"data_type\": \"qa\", \"question\": [\"q\"], \"answers\": [\"a\"], \"docs\": []}\n");
   expect_error("--stage stage1 --data " + (dir / "bad.jsonl") + " --out " + (dir / "y"), 4, "bad.jsonl:1");
 }

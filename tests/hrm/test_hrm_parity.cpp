@@ -41,6 +41,7 @@ namespace hrmclara::hrm {
 namespace {
 
 using test::fixture;
+using test::rel_error;
 using test::ScratchDir;
 
 const std::string kCheckpoint = fixture("hrm-reference/step_0");
@@ -68,10 +69,6 @@ HrmModel load_model(const std::string& dtype = "float32") {
   return model;
 }
 
-double rel_error(const torch::Tensor& got, const torch::Tensor& want) {
-  const double scale = std::max(want.abs().max().item<double>(), 1e-12);
-  return (got.to(torch::kDouble) - want.to(torch::kDouble)).abs().max().item<double>() / scale;
-}
 
 double fixture_rounding(int64_t act_step) { return 5e-6 * std::pow(3.0, static_cast<double>(act_step)); }
 double our_rounding(int64_t act_step) { return 1e-5 * std::pow(3.0, static_cast<double>(act_step)); }

@@ -613,3 +613,36 @@ TEST(LlmTool, BadInputsGiveOneLineErrors) {
   EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
   EXPECT_FALSE(file_exists(out));
 }
+
+TEST(LlmTool, InitWritesASeededRandomModelThatLoadsWithItsTokenizer) {
+  ScratchDir scratch;
+  const std::string config = fixture("../../models/llm/tiny-clara.json");
+  const std::string a = scratch.path() + "/a", b = scratch.path() + "/b", c = scratch.path() + "/c";
+  const auto printed = nlohmann::json::parse(llm_tool("init --config " + config + " --tokenizer " + kModelDir + " --out " + a + " --seed 7", scratch));
+  llm_tool("init --config " + config + " --tokenizer " + kModelDir + " --out " + b + " --seed 7", scratch);
+  llm_tool("init --config " + config + " --tokenizer " + kModelDir + " --out " + c + " --seed 8 --dtype bfloat16", scratch);
+  const auto model = DecoderLM::load(a);
+  const auto& cfg = model.config();
+  EXPECT_EQ(cfg.hidden_size, 256);
+  EXPECT_EQ(cfg.num_hidden_layers, 4);
+  EXPECT_EQ(printed["parameters"].get<int64_t>(), cfg.parameter_count());
+  // Same seed, same bytes; another seed, other weights; the dtype flag is honoured.
+  EXPECT_EQ(read_file(a + "/model.safetensors"), read_file(b + "/model.safetensors"));
+  const auto wa = read_map(a + "/model.safetensors"), wc = read_map(c + "/model.safetensors");
+  EXPECT_EQ(wc.at("model.embed_tokens.weight").scalar_type(), torch::kBFloat16);
+  EXPECT_FALSE(torch::allclose(wa.at("model.embed_tokens.weight"), wc.at("model.embed_tokens.weight").to(torch::kFloat), 0, 1e-3));
+  // Weights are normal(0, 0.02), norms one.
+  const auto q = wa.at("model.layers.0.self_attn.q_proj.weight");
+  EXPECT_NEAR(q.std().item<double>(), 0.02, 0.001);
+  EXPECT_NEAR(q.mean().item<double>(), 0.0, 0.001);
+  EXPECT_TRUE(wa.at("model.norm.weight").eq(1).all().item<bool>());
+  // The tokenizer came along: the new directory tokenizes as the fixture does.
+  EXPECT_EQ(llm_tool("tokenize --model " + a + " --text 'hello world'", scratch),
+            llm_tool("tokenize --model " + kModelDir + " --text 'hello world'", scratch));
+  int rc = 0;
+  const auto msg = llm_tool("init --config " + config + " --tokenizer " + scratch.path() + " --out " + scratch.path() + "/d", scratch, &rc);
+  EXPECT_EQ(rc, 3) << msg;
+  EXPECT_EQ(count_lines(msg), 1) << msg;
+  EXPECT_NE(msg.find("tokenizer.model"), std::string::npos) << msg;
+  EXPECT_FALSE(file_exists(scratch.path() + "/d/model.safetensors"));
+}
