@@ -28,7 +28,16 @@ mkdir -p "$out"
 # 1-2. Text we own -> PDF -> chunks and stage-1 rows.
 docs=(README.md third_party/README.md tests/fixtures/*/README.md models/llm/*.json)
 for h in include/hrmclara/*.h; do docs+=("$h"); done
-/usr/bin/python3 scripts/make_text_pdf.py "$out/corpus.pdf" "${docs[@]}"
+# Our docs name CLaRa's control tokens (<ENC>, <MEM3>, ...), which clara_prepare refuses in document
+# text (the tokenizer would read them as the tokens themselves): write them as [ENC], [MEM3], ...
+mkdir -p "$out/text"
+texts=()
+for f in "${docs[@]}"; do
+  t="$out/text/$(echo "$f" | tr / _).txt"
+  sed -E 's/<(SEP|ENC|AE|MEM[0-9]+)>/[\1]/g' "$f" > "$t"
+  texts+=("$t")
+done
+/usr/bin/python3 scripts/make_text_pdf.py "$out/corpus.pdf" "${texts[@]}"
 "$build/bin/llm_tool" init --config models/llm/tiny-clara.json --tokenizer tests/fixtures/clara-reference --out "$out/tokenizer-base"
 "$build/bin/clara_prepare" --base "$out/tokenizer-base" --input "$out/corpus.pdf" --out "$out/chunks.jsonl" \
   --doc-max-length "$doc_tokens" --stage1-rows "$out/rows.jsonl" --log-level warn
