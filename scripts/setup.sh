@@ -34,7 +34,7 @@ debs=(
   python3 python3-venv python3-pip python3-numpy
   libsentencepiece-dev sentencepiece python3-sentencepiece
   nlohmann-json3-dev libspdlog-dev libfmt-dev libgtest-dev libyaml-cpp-dev
-  libpoppler-cpp-dev
+  libpoppler-cpp-dev zlib1g-dev
 )
 missing=()
 for p in "${debs[@]}"; do

@@ -19,6 +19,6 @@ ctest --output-on-failure --no-tests=error --timeout 900 || status=$?
 log="$build_dir/Testing/Temporary/LastTest.log"
 if [ -f "$log" ]; then
   awk '/^[A-Za-z_]+: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$/ { runs++; p += $2; f += $4; s += $6 }
-       END { printf "test suites: %d runs (3 kernel sets)\ntotal: %d passed, %d failed, %d skipped\n", runs, p, f, s }' "$log"
+       END { printf "test suites: %d runs (natively and with forced kernel sets)\ntotal: %d passed, %d failed, %d skipped\n", runs, p, f, s }' "$log"
 fi
 exit "$status"

@@ -7,7 +7,26 @@
 
 namespace hrmclara {
 
-// Exit codes the mains use, one per error family, so scripts can tell them apart.
+// The error contract. Every tool reports bad input as exactly one line on stderr,
+//   <tool>: error: <file or field>: <what is wrong>
+// and exits with the code of its class, so scripts can tell the classes apart; nothing is written
+// where an output was asked for (outputs are written to a temp file and renamed), and a good
+// existing output is never replaced by a failed run. Crashes, hangs and unbounded memory on any
+// input are bugs: readers check sizes, depths and ranges before they allocate, index or narrow.
+// tests/tools/test_error_contract.cpp walks a table of bad inputs through every tool.
+//   1 kFailure  anything unclassified (out of memory included)
+//   2 kUsage    bad flags: unknown, missing, malformed or out of range (--threads, --steps,
+//               --max-new-tokens, sampling settings), checked before anything loads
+//   3 kIo       a file is missing, unreadable, unwritable, not a regular file (a FIFO, a device such
+//               as /dev/zero, a directory) or beyond its size cap
+//   4 kFormat   a file is corrupt, truncated or of the wrong kind: a zip record failing its CRC, a
+//               pickle nested too deep or containing itself, a YAML alias bomb, a malformed JSON or
+//               JSONL row (file:line), ids outside the model's vocabulary or puzzle range
+//   5 kConfig   a config key is unknown, missing or of the wrong type (config.json, all_config.yaml,
+//               generation_config.json, key=value overrides)
+//   6 kShape    tensors or state dicts do not fit the model
+//   7 kDevice   the requested device is absent (or lacks a requested dtype)
+//   8 kNumeric  NaN/Inf where a finite value is required: weights (named), inputs, outputs, the loss
 enum class ExitCode : int {
   kOk = 0,
   kFailure = 1,   // anything not classified below

@@ -8,8 +8,20 @@
 
 namespace hrmclara {
 
-// Whole file as bytes; throws IoError naming the file if it is missing or unreadable.
-std::string read_file(const std::string& path);
+// Size caps for files read whole into memory. A regular file's size is known before it is read,
+// so these bound memory up front; a config of a gigabyte is an error, not something to parse.
+constexpr std::uint64_t kMaxWholeFileBytes = std::uint64_t{4} << 30;  // PDFs, predictions, metrics
+constexpr std::uint64_t kMaxConfigFileBytes = std::uint64_t{256} << 20;  // JSON/YAML configs, indexes
+
+// Checks, without opening it, that `path` names a regular file (symlinks followed) of at most
+// `max_bytes`, and returns its size. A FIFO (open() would block forever), a device such as
+// /dev/zero (reads without end), a socket or a directory is refused with an IoError naming the
+// file; so is a larger file.
+std::uint64_t require_regular_file(const std::string& path, std::uint64_t max_bytes = UINT64_MAX);
+
+// Whole file as bytes, after require_regular_file(path, max_bytes); IoError naming the file if it
+// is missing, unreadable, not a regular file or too large.
+std::string read_file(const std::string& path, std::uint64_t max_bytes = kMaxWholeFileBytes);
 
 // Writes `path` by writing `path.tmp-<pid>` through `writer`, flushing it, and renaming it into
 // place, so a crash never leaves a half-written file where a good one was. On failure the temp
@@ -38,7 +50,7 @@ void copy_file(const std::string& from, const std::string& to);    // bytes, wri
 bool is_directory(const std::string& path);
 std::uint64_t file_size(const std::string& path);
 
-// A read-only view of a whole file through mmap (copy-on-write, so the pages may be handed to
+// A read-only view of a whole regular file through mmap (copy-on-write, so the pages may be handed to
 // tensors that are written to without touching the file). Move-only.
 class MappedFile {
  public:

@@ -158,6 +158,19 @@ struct GenerationOptions {
   std::function<bool(int64_t step, const at::Tensor& tokens)> on_step;
 };
 
+// Throws NumericError when `logits` hold NaN or Inf, naming the first of the model's weights that
+// holds one (a corrupt checkpoint) or else `what` (an overflow, or non-finite input embeddings).
+// Only the error path scans the weights.
+void require_finite_logits(const DecoderLM& model, const at::Tensor& logits, const std::string& what);
+
+// The most tokens one generate() call may add per row (the KV cache is sized for them up front).
+constexpr int64_t kMaxNewTokens = int64_t{1} << 20;
+// Throws UsageError for settings generate() refuses: max_new_tokens outside [0, kMaxNewTokens];
+// when sampling, a temperature that is not positive and finite, a negative top_k, top_p outside
+// (0, 1]. Tools call it before loading a model.
+void validate_generation_options(const GenerationOptions& options);
+
+
 struct GenerationResult {
   at::Tensor tokens;  // int64 [B, max_new_tokens] on CPU; pad after a row's EOS
   std::vector<int64_t> lengths;  // tokens generated per row, its EOS included

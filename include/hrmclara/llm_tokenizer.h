@@ -66,8 +66,11 @@ class LlmTokenizer {
   std::string decode(const std::vector<int>& ids, bool skip_special_tokens = false) const;
 
   // The token string of an id (a SentencePiece piece or an added token's content); throws
-  // UsageError for an id out of range. token_to_id returns -1 for an unknown token.
+  // UsageError for an id out of range. token_to_id returns -1 for an unknown token. decode()
+  // skips ids has_token() is false for (a model may have more embedding rows than the tokenizer
+  // has tokens).
   std::string id_to_token(int id) const;
+  bool has_token(int id) const;
   int token_to_id(const std::string& token) const;
   bool is_special(int id) const;
 

@@ -2,6 +2,7 @@
 // No torch here: this file is in the library's torch-free object set.
 #include <hrmclara/clara_data.h>
 #include <hrmclara/errors.h>
+#include <hrmclara/files.h>
 
 #include <nlohmann/json.hpp>
 
@@ -319,6 +320,7 @@ ClaraRow parse_clara_row(const std::string& json_line, ClaraStage stage, const s
 }
 
 ClaraReadResult read_clara_rows(const std::string& path, ClaraStage stage, const ClaraReadOptions& options) {
+  require_regular_file(path);
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError(path + ": cannot open for reading");
   ClaraReadResult result;

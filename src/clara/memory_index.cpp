@@ -249,7 +249,7 @@ std::unique_ptr<MemoryIndex::State> MemoryIndex::State::read(const std::string& 
   if (!file_exists(path)) throw IoError(path + ": missing (not a memory index)");
   Json j;
   try {
-    j = Json::parse(read_file(path));
+    j = Json::parse(read_file(path, kMaxConfigFileBytes));
   } catch (const Json::parse_error&) {
     throw FormatError(path + ": malformed JSON");
   }

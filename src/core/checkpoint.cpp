@@ -18,6 +18,7 @@ namespace hrmclara {
 namespace {
 
 std::string head_bytes(const std::string& path, size_t n) {
+  require_regular_file(path);
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError(path + ": cannot open");
   std::string out(n, '\0');

@@ -12,6 +12,10 @@
 
 namespace hrmclara {
 
+namespace {
+constexpr long long kMaxThreadsFlag = 4096;
+}  // namespace
+
 ArgParser::ArgParser(std::string program, std::string usage)
     : program_(std::move(program)), usage_(std::move(usage)) {}
 
@@ -83,6 +87,15 @@ bool ArgParser::parse(int argc, char** argv, int max_positionals) {
   if (max_positionals >= 0 && static_cast<int>(positionals_.size()) > max_positionals)
     throw UsageError("unexpected argument '" + positionals_[static_cast<size_t>(max_positionals)] + "' (see --help)");
   if (specs_.count("log-level")) set_log_level(get("log-level"));
+  // The common options are checked here, before a tool loads anything. --threads is bounded so that
+  // narrowing it to int cannot wrap and OpenMP is never asked for a pool it cannot create;
+  // configure_threads() then bounds it by the cores this process may use.
+  if (specs_.count("threads")) {
+    const long long threads = get_int("threads");
+    if (threads < 0 || threads > kMaxThreadsFlag)
+      throw UsageError("option --threads: " + std::to_string(threads) + " is outside [0, " + std::to_string(kMaxThreadsFlag) +
+                       "] (0: every core)");
+  }
   return true;
 }
 

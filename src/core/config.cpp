@@ -11,7 +11,7 @@
 namespace hrmclara {
 
 Json read_json_file(const std::string& path) {
-  const std::string text = read_file(path);
+  const std::string text = read_file(path, kMaxConfigFileBytes);
   try {
     return Json::parse(text);
   } catch (const Json::parse_error& e) {
@@ -48,16 +48,32 @@ Json yaml_scalar(const YAML::Node& node) {
   return s;
 }
 
-Json yaml_to_json(const YAML::Node& node) {
+// yaml-cpp keeps an alias as a second reference to its anchor's node, so nine levels of
+// `&a [*a, *a, ...]` parse into a few hundred nodes but expand into billions: the conversion counts
+// the nodes it writes and stops at a bound no configuration comes near.
+constexpr size_t kMaxYamlNodes = 1'000'000;
+constexpr int kMaxYamlDepth = 100;
+
+struct YamlBudget {
+  const std::string& path;
+  size_t nodes_left = kMaxYamlNodes;
+};
+
+Json yaml_to_json(const YAML::Node& node, YamlBudget& budget, int depth) {
+  if (budget.nodes_left-- == 0)
+    throw FormatError(budget.path + ": YAML expands to more than " + std::to_string(kMaxYamlNodes) +
+                      " values (aliases repeated without bound?)");
+  if (depth > kMaxYamlDepth)
+    throw FormatError(budget.path + ": YAML nested more than " + std::to_string(kMaxYamlDepth) + " levels deep");
   switch (node.Type()) {
     case YAML::NodeType::Map: {
       Json out = Json::object();
-      for (const auto& kv : node) out[kv.first.as<std::string>()] = yaml_to_json(kv.second);
+      for (const auto& kv : node) out[kv.first.as<std::string>()] = yaml_to_json(kv.second, budget, depth + 1);
       return out;
     }
     case YAML::NodeType::Sequence: {
       Json out = Json::array();
-      for (const auto& item : node) out.push_back(yaml_to_json(item));
+      for (const auto& item : node) out.push_back(yaml_to_json(item, budget, depth + 1));
       return out;
     }
     case YAML::NodeType::Scalar:
@@ -114,9 +130,10 @@ Json merge_at(const Json& schema, const Json& user, const std::string& prefix, c
 }  // namespace
 
 Json read_yaml_file(const std::string& path) {
-  const std::string text = read_file(path);
+  const std::string text = read_file(path, kMaxConfigFileBytes);
   try {
-    return yaml_to_json(YAML::Load(text));
+    YamlBudget budget{path};
+    return yaml_to_json(YAML::Load(text), budget, 0);
   } catch (const YAML::Exception& e) {
     throw FormatError(path + ": malformed YAML: " + e.what());
   }

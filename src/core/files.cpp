@@ -20,13 +20,34 @@ namespace {
 std::string errno_text() { return std::strerror(errno); }
 }  // namespace
 
-std::string read_file(const std::string& path) {
+std::uint64_t require_regular_file(const std::string& path, std::uint64_t max_bytes) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw IoError(path + ": cannot open (" + errno_text() + ")");
+  if (S_ISDIR(st.st_mode)) throw IoError(path + ": is a directory, not a file");
+  if (S_ISFIFO(st.st_mode)) throw IoError(path + ": is a FIFO, not a regular file");
+  if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) throw IoError(path + ": is a device, not a regular file");
+  if (!S_ISREG(st.st_mode)) throw IoError(path + ": is not a regular file");
+  const auto size = static_cast<std::uint64_t>(st.st_size);
+  if (size > max_bytes)
+    throw IoError(path + ": " + std::to_string(size) + " bytes, more than the " + std::to_string(max_bytes) +
+                  " this kind of file may have");
+  return size;
+}
+
+std::string read_file(const std::string& path, std::uint64_t max_bytes) {
+  const std::uint64_t size = require_regular_file(path, max_bytes);
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError(path + ": cannot open (" + errno_text() + ")");
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
+  std::string out;
+  out.reserve(size);
+  // Read at most one byte past the size stat() reported: a file that grows meanwhile is cut, not
+  // followed without bound.
+  out.resize(size + 1);
+  in.read(out.data(), static_cast<std::streamsize>(out.size()));
   if (in.bad()) throw IoError(path + ": read failed");
-  return buffer.str();
+  out.resize(static_cast<size_t>(in.gcount()));
+  if (out.size() > size) throw IoError(path + ": changed size while it was read");
+  return out;
 }
 
 void write_atomically(const std::string& path, const std::function<void(const std::string&)>& writer) {
@@ -106,7 +127,9 @@ void rename_path(const std::string& from, const std::string& to) {
     throw IoError(from + ": cannot rename to " + to + " (" + errno_text() + ")");
 }
 
-void copy_file(const std::string& from, const std::string& to) { write_file_atomically(to, read_file(from)); }
+void copy_file(const std::string& from, const std::string& to) {
+  write_file_atomically(to, read_file(from, UINT64_MAX));
+}
 
 bool file_exists(const std::string& path) {
   struct stat st {};
@@ -125,10 +148,13 @@ std::uint64_t file_size(const std::string& path) {
 }
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
-  int fd = ::open(path.c_str(), O_RDONLY);
+  require_regular_file(path);
+  // O_NONBLOCK: should the path turn into a FIFO after the check, open() still returns at once and
+  // fstat() below refuses it.
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
   if (fd < 0) throw IoError(path + ": cannot open (" + errno_text() + ")");
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
     throw IoError(path + ": not a regular file");
   }

@@ -169,7 +169,7 @@ struct SafetensorsIndex {
 SafetensorsIndex parse_safetensors_index(const std::string& index_path) {
   OrderedJson index;
   try {
-    index = OrderedJson::parse(read_file(index_path));
+    index = OrderedJson::parse(read_file(index_path, kMaxConfigFileBytes));
   } catch (const OrderedJson::parse_error&) {
     throw FormatError(index_path + ": malformed JSON");
   }

@@ -11,7 +11,10 @@
 #include <ATen/ATen.h>
 #include <caffe2/serialize/inline_container.h>
 
+#include <zlib.h>
+
 #include <cstring>
+#include <algorithm>
 #include <fstream>
 #include <memory>
 #include <unordered_map>
@@ -20,13 +23,17 @@ namespace hrmclara {
 
 namespace {
 
+// Every value lives in the unpickler's arena and refers to its children by plain pointers, so a
+// pickle that nests a million levels deep or refers to itself through the memo is neither torn down
+// recursively (a stack overflow) nor leaked through a reference cycle; flatten() bounds the walk.
 struct Value;
-using ValuePtr = std::shared_ptr<Value>;
+using ValuePtr = Value*;
 
 struct Value {
   enum class Kind { kNone, kBool, kInt, kFloat, kString, kBytes, kTuple, kList, kDict, kTensor, kGlobal, kStorage, kObject };
   Kind kind = Kind::kNone;
   bool boolean = false;
+  bool on_path = false;  // set while flatten() is inside this value: a second visit is a cycle
   int64_t integer = 0;
   double real = 0;
   std::string text;  // string, bytes, global "module.name", object's class name
@@ -35,11 +42,11 @@ struct Value {
   at::Tensor tensor;  // tensors; storages as a flat 1-D tensor of their dtype
 };
 
-ValuePtr make(Value::Kind kind) {
-  auto v = std::make_shared<Value>();
-  v->kind = kind;
-  return v;
-}
+// Bounds that no torch.save state dict comes near (a 7B model's has a few hundred tensors, each a
+// handful of pickle objects, nested three levels deep), and that keep a hostile pickle's memory
+// and stack in check.
+constexpr size_t kMaxPickleObjects = 4'000'000;
+constexpr int kMaxPickleDepth = 200;
 
 // Legacy typed-storage class names (torch.FloatStorage, ...) as torch.save still writes them.
 bool storage_dtype(const std::string& name, c10::ScalarType* type) {
@@ -59,10 +66,84 @@ bool storage_dtype(const std::string& name, c10::ScalarType* type) {
   return true;
 }
 
+// CRC-32 of every record, from the zip's central directory. LibTorch's reader (miniz built without
+// its CRC checks) hands back a record's bytes unverified, so a flipped byte in a weight would load;
+// read_torch_save checks each record it uses against these. Records are keyed by their name below
+// the archive's top folder ("data.pkl", "data/0"), as PyTorchStreamReader names them.
+std::unordered_map<std::string, uint32_t> zip_record_crcs(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw IoError(path + ": cannot open");
+  in.seekg(0, std::ios::end);
+  const uint64_t file_size = static_cast<uint64_t>(in.tellg());
+  auto read_at = [&](uint64_t offset, uint64_t n) {
+    if (offset > file_size || n > file_size - offset) throw FormatError(path + ": zip directory points outside the file");
+    std::string buf(n, '\0');
+    in.seekg(static_cast<std::streamoff>(offset));
+    in.read(buf.data(), static_cast<std::streamsize>(n));
+    if (static_cast<uint64_t>(in.gcount()) != n) throw FormatError(path + ": zip directory truncated");
+    return buf;
+  };
+  auto le = [](const std::string& b, size_t at, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; ++i) v |= static_cast<uint64_t>(static_cast<unsigned char>(b[at + i])) << (8 * i);
+    return v;
+  };
+  // End-of-central-directory record: the last 22 bytes plus a comment of up to 65535.
+  const uint64_t tail_size = std::min<uint64_t>(file_size, 22 + 65535);
+  const std::string tail = read_at(file_size - tail_size, tail_size);
+  size_t eocd = std::string::npos;
+  for (size_t i = tail.size() >= 22 ? tail.size() - 22 + 1 : 0; i-- > 0;)
+    if (le(tail, i, 4) == 0x06054b50) { eocd = i; break; }
+  if (eocd == std::string::npos) throw FormatError(path + ": no zip end-of-central-directory record");
+  uint64_t entries = le(tail, eocd + 10, 2), cd_size = le(tail, eocd + 12, 4), cd_offset = le(tail, eocd + 16, 4);
+  if (entries == 0xffff || cd_size == 0xffffffff || cd_offset == 0xffffffff) {
+    // ZIP64: the locator sits just before the classic record and points at the ZIP64 record.
+    const uint64_t eocd_at = file_size - tail_size + eocd;
+    if (eocd_at < 20) throw FormatError(path + ": ZIP64 locator missing");
+    const std::string locator = read_at(eocd_at - 20, 20);
+    if (le(locator, 0, 4) != 0x07064b50) throw FormatError(path + ": ZIP64 locator missing");
+    const std::string z64 = read_at(le(locator, 8, 8), 56);
+    if (le(z64, 0, 4) != 0x06064b50) throw FormatError(path + ": bad ZIP64 end-of-central-directory record");
+    entries = le(z64, 32, 8);
+    cd_size = le(z64, 40, 8);
+    cd_offset = le(z64, 48, 8);
+  }
+  if (cd_size > (uint64_t{1} << 32)) throw FormatError(path + ": zip central directory of " + std::to_string(cd_size) + " bytes");
+  const std::string cd = read_at(cd_offset, cd_size);
+  std::unordered_map<std::string, uint32_t> crcs;
+  size_t at = 0;
+  for (uint64_t e = 0; e < entries; ++e) {
+    if (at + 46 > cd.size() || le(cd, at, 4) != 0x02014b50) throw FormatError(path + ": corrupt zip central directory");
+    const size_t name_len = le(cd, at + 28, 2), extra_len = le(cd, at + 30, 2), comment_len = le(cd, at + 32, 2);
+    if (at + 46 + name_len + extra_len + comment_len > cd.size()) throw FormatError(path + ": corrupt zip central directory");
+    std::string name = cd.substr(at + 46, name_len);
+    const auto slash = name.find('/');
+    crcs[slash == std::string::npos ? name : name.substr(slash + 1)] = static_cast<uint32_t>(le(cd, at + 16, 4));
+    at += 46 + name_len + extra_len + comment_len;
+  }
+  return crcs;
+}
+
+void check_crc(const std::string& path, const std::unordered_map<std::string, uint32_t>& crcs, const std::string& record,
+               const void* data, size_t size) {
+  auto it = crcs.find(record);
+  if (it == crcs.end()) throw FormatError(path + ": record " + record + " is not in the zip directory");
+  uLong crc = crc32(0L, Z_NULL, 0);
+  const auto* p = static_cast<const Bytef*>(data);
+  for (size_t done = 0; done < size;) {  // zlib takes 32-bit lengths
+    const uInt n = static_cast<uInt>(std::min<size_t>(size - done, 1u << 30));
+    crc = crc32(crc, p + done, n);
+    done += n;
+  }
+  if (static_cast<uint32_t>(crc) != it->second)
+    throw FormatError(path + ": record " + record + " fails its CRC-32 check (the file is corrupt)");
+}
+
 class Unpickler {
  public:
-  Unpickler(std::string path, const std::string& pickle, caffe2::serialize::PyTorchStreamReader& zip)
-      : path_(std::move(path)), data_(pickle), zip_(zip) {}
+  Unpickler(std::string path, const std::string& pickle, caffe2::serialize::PyTorchStreamReader& zip,
+            const std::unordered_map<std::string, uint32_t>& crcs)
+      : path_(std::move(path)), data_(pickle), zip_(zip), crcs_(crcs) {}
 
   ValuePtr load() {
     while (true) {
@@ -173,7 +254,8 @@ class Unpickler {
           break;
         }
         case 0x81: {  // NEWOBJ cls.__new__(cls, *args)
-          auto args = pop(), cls = pop();
+          pop();  // the arguments: an object's state is not needed for tensors
+          auto cls = pop();
           auto v = make(Value::Kind::kObject);
           v->text = cls->text;
           push(v);
@@ -196,7 +278,17 @@ class Unpickler {
     }
   }
 
+ public:
+  size_t objects() const { return arena_.size(); }
+
  private:
+  ValuePtr make(Value::Kind kind) {
+    if (arena_.size() >= kMaxPickleObjects)
+      fail("more than " + std::to_string(kMaxPickleObjects) + " objects (not a state dict)");
+    arena_.push_back(std::make_unique<Value>());
+    arena_.back()->kind = kind;
+    return arena_.back().get();
+  }
   [[noreturn]] void fail(const std::string& what) const {
     throw FormatError(path_ + ": data.pkl at byte " + std::to_string(pos_) + ": " + what);
   }
@@ -284,12 +376,12 @@ class Unpickler {
   Value* list_target(const char* op) {
     auto t = top();
     if (t->kind != Value::Kind::kList) fail(std::string(op) + " on a non-list");
-    return t.get();
+    return t;
   }
   Value* dict_target(const char* op) {
     auto t = top();
     if (t->kind != Value::Kind::kDict) fail(std::string(op) + " on a non-dict");
-    return t.get();
+    return t;
   }
   void set_items(Value& dict, const std::vector<ValuePtr>& items) {
     if (items.size() % 2) fail("odd number of dict items");
@@ -328,9 +420,11 @@ class Unpickler {
     } catch (const std::exception& e) {
       throw FormatError(path_ + ": cannot read " + record + ": " + first_line(e.what()));
     }
-    const uint64_t expected = static_cast<uint64_t>(numel) * c10::elementSize(type);
-    if (numel < 0 || size < expected)
-      fail("storage " + key + " has " + std::to_string(size) + " bytes, expected " + std::to_string(expected));
+    check_crc(path_, crcs_, record, data.get(), size);
+    if (pid->items[4]->kind != Value::Kind::kInt || numel < 0 ||
+        static_cast<uint64_t>(numel) > size / c10::elementSize(type))
+      fail("storage " + key + " has " + std::to_string(size) + " bytes, too few for " + std::to_string(numel) +
+           " elements of " + c10::toString(type));
     // The tensor takes over the record's buffer instead of copying it.
     auto holder = std::make_shared<at::DataPtr>(std::move(data));
     at::Tensor flat = at::from_blob(holder->get(), {numel}, [holder](void*) {}, at::TensorOptions().dtype(type));
@@ -348,15 +442,25 @@ class Unpickler {
     const auto size = int_tuple(a[2], "tensor size"), stride = int_tuple(a[3], "tensor stride");
     if (size.size() != stride.size()) fail("tensor size and stride differ in rank");
     // The furthest element the view touches must lie inside the storage.
-    int64_t last = offset;
-    bool empty = false;
+    // Overflow-checked: a hostile size must not wrap around into a small, passing number.
+    int64_t last = offset, numel = 1;
+    bool empty = false, overflow = false, broadcast = false;
     for (size_t i = 0; i < size.size(); ++i) {
       if (size[i] < 0 || stride[i] < 0) fail("negative tensor size or stride");
       if (size[i] == 0) empty = true;
-      else last += (size[i] - 1) * stride[i];
+      int64_t reach = 0;
+      overflow |= __builtin_mul_overflow(size[i] == 0 ? 0 : size[i] - 1, stride[i], &reach);
+      overflow |= __builtin_add_overflow(last, reach, &last);
+      overflow |= __builtin_mul_overflow(numel, size[i], &numel);
+      broadcast |= stride[i] == 0 && size[i] > 1;
     }
+    if (overflow) fail("tensor size or stride out of range");
     if (offset < 0 || (!empty && last >= storage.numel()))
       fail("tensor view exceeds its storage (" + std::to_string(storage.numel()) + " elements)");
+    // A stride-0 view could otherwise name 2^60 elements of a one-element storage.
+    if (broadcast && numel > storage.numel())
+      fail("broadcast tensor view of " + std::to_string(numel) + " elements over a storage of " +
+           std::to_string(storage.numel()));
     auto v = make(Value::Kind::kTensor);
     v->tensor = empty ? at::empty(size, storage.options()) : storage.as_strided(size, stride, offset);
     return v;
@@ -389,9 +493,11 @@ class Unpickler {
     return v;
   }
 
+  std::vector<std::unique_ptr<Value>> arena_;  // owns every value; declared first, destroyed last
   std::string path_;
   const std::string& data_;
   caffe2::serialize::PyTorchStreamReader& zip_;
+  const std::unordered_map<std::string, uint32_t>& crcs_;
   size_t pos_ = 0;
   std::vector<ValuePtr> stack_;
   std::vector<size_t> marks_;
@@ -408,24 +514,45 @@ std::string key_text(const Value& key) {
   }
 }
 
-void flatten(const ValuePtr& v, const std::string& prefix, NamedTensors& out) {
-  auto child = [&](const std::string& k) { return prefix.empty() ? k : prefix + "." + k; };
-  switch (v->kind) {
-    case Value::Kind::kTensor: out.emplace_back(prefix.empty() ? "tensor" : prefix, v->tensor); break;
-    case Value::Kind::kDict:
-      for (const auto& [k, item] : v->entries) flatten(item, child(key_text(*k)), out);
-      break;
-    case Value::Kind::kList:
-    case Value::Kind::kTuple:
-      for (size_t i = 0; i < v->items.size(); ++i) flatten(v->items[i], child(std::to_string(i)), out);
-      break;
-    default: break;  // numbers, strings, opaque objects: not tensors
+// Walks the unpickled object to its tensors, named by their path of keys. A value met again on its
+// own path is a cycle (a list that contains itself); the depth bound stops a chain of a million
+// nested lists before the stack does; the visit budget stops a small pickle whose shared
+// sub-objects (memo references) multiply into exponentially many paths.
+struct Flattener {
+  const std::string& path;
+  size_t budget;
+  NamedTensors& out;
+
+  [[noreturn]] void fail(const std::string& where, const std::string& what) const {
+    throw FormatError(path + ": data.pkl: " + what + (where.empty() ? "" : " (at '" + where + "')"));
   }
-}
+
+  void walk(Value* v, const std::string& prefix, int depth) {
+    if (depth > kMaxPickleDepth) fail(prefix.substr(0, 200), "nested more than " + std::to_string(kMaxPickleDepth) + " levels deep");
+    if (budget-- == 0) fail(prefix.substr(0, 200), "shares objects in more places than a state dict does");
+    auto child = [&](const std::string& k) { return prefix.empty() ? k : prefix + "." + k; };
+    const bool container = v->kind == Value::Kind::kDict || v->kind == Value::Kind::kList || v->kind == Value::Kind::kTuple;
+    if (container && v->on_path) fail(prefix.substr(0, 200), "an object contains itself");
+    v->on_path = true;
+    switch (v->kind) {
+      case Value::Kind::kTensor: out.emplace_back(prefix.empty() ? "tensor" : prefix, v->tensor); break;
+      case Value::Kind::kDict:
+        for (const auto& [k, item] : v->entries) walk(item, child(key_text(*k)), depth + 1);
+        break;
+      case Value::Kind::kList:
+      case Value::Kind::kTuple:
+        for (size_t i = 0; i < v->items.size(); ++i) walk(v->items[i], child(std::to_string(i)), depth + 1);
+        break;
+      default: break;  // numbers, strings, opaque objects: not tensors
+    }
+    v->on_path = false;
+  }
+};
 
 }  // namespace
 
 NamedTensors read_torch_save(const std::string& path) {
+  require_regular_file(path);
   {
     std::ifstream in(path, std::ios::binary);
     if (!in) throw IoError(path + ": cannot open");
@@ -435,6 +562,7 @@ NamedTensors read_torch_save(const std::string& path) {
       throw FormatError(path + ": legacy (non-zip) torch.save format; re-save it with torch >= 1.6");
   }
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> zip;
+  std::unordered_map<std::string, uint32_t> crcs;
   std::string pickle;
   try {
     zip = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
@@ -444,16 +572,20 @@ NamedTensors read_torch_save(const std::string& path) {
       if (std::string(static_cast<const char*>(ptr.get()), n) != "little")
         throw FormatError(path + ": big-endian torch.save files are not supported");
     }
+    crcs = zip_record_crcs(path);
     auto [ptr, n] = zip->getRecord("data.pkl");
+    check_crc(path, crcs, "data.pkl", ptr.get(), n);
     pickle.assign(static_cast<const char*>(ptr.get()), n);
   } catch (const Error&) {
     throw;
   } catch (const std::exception& e) {
     throw FormatError(path + ": not a readable torch.save archive (" + first_line(e.what()) + ")");
   }
-  Unpickler unpickler(path, pickle, *zip);
+  Unpickler unpickler(path, pickle, *zip, crcs);
+  Value* root = unpickler.load();
   NamedTensors out;
-  flatten(unpickler.load(), "", out);
+  Flattener flattener{path, 4 * unpickler.objects() + 1024, out};
+  flattener.walk(root, "", 0);
   return out;
 }
 

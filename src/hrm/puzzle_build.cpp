@@ -109,7 +109,7 @@ bool split_csv_line(const std::string& line, std::vector<std::string>& fields) {
 }  // namespace
 
 void read_csv(const std::string& path, size_t fields, const std::function<void(const CsvRow&)>& on_row) {
-  if (is_directory(path)) throw IoError(path + ": is a directory, not a CSV file");
+  require_regular_file(path);
   std::ifstream in(path, std::ios::binary);
   if (!in) throw IoError(path + ": cannot open (" + std::strerror(errno) + ")");
   std::string line;

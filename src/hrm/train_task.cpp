@@ -166,6 +166,13 @@ EvalResult evaluate_model(HrmModelImpl& model, const PuzzleDataset& data, int64_
       loss = act_loss(c, carry, out);
       if (loss.all_halted) break;
     }
+    // NaN/Inf logits would score as silently wrong predictions: name the parameter behind them.
+    if (!torch::isfinite(out.logits).all().item<bool>()) {
+      for (const auto& item : model.named_parameters(true))
+        if (item.value().is_floating_point() && !torch::isfinite(item.value()).all().item<bool>())
+          throw NumericError("parameter '" + item.key() + "' holds NaN or Inf");
+      throw NumericError("evaluation: the logits hold NaN or Inf");
+    }
     for (const auto& [name, v] : metrics_to_host(loss.metrics)) sums[name] += v;
     if (keep_predictions) {
       inputs.push_back(batch.inputs.narrow(0, 0, n).cpu());

@@ -9,6 +9,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <chrono>
+#include <cmath>
 #include <limits>
 
 namespace hrmclara {
@@ -19,21 +20,33 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-void check_options(const GenerationOptions& o) {
-  if (o.max_new_tokens < 0) throw UsageError("max_new_tokens must not be negative");
+}  // namespace
+
+void require_finite_logits(const DecoderLM& model, const at::Tensor& logits, const std::string& what) {
+  if (at::isfinite(logits).all().item<bool>()) return;
+  for (const auto& [name, weight] : model.named_weights())
+    if (!at::isfinite(weight).all().item<bool>()) throw NumericError("weight '" + name + "' holds NaN or Inf");
+  throw NumericError(what + ": the logits hold NaN or Inf");
+}
+
+void validate_generation_options(const GenerationOptions& o) {
+  if (o.max_new_tokens < 0 || o.max_new_tokens > kMaxNewTokens)
+    throw UsageError("max_new_tokens must be in [0, " + std::to_string(kMaxNewTokens) + "]");
   if (o.do_sample) {
-    if (!(o.temperature > 0)) throw UsageError("temperature must be positive");
+    if (!(o.temperature > 0 && o.temperature < INFINITY)) throw UsageError("temperature must be positive and finite");
     if (o.top_k < 0) throw UsageError("top_k must not be negative");
     if (!(o.top_p > 0 && o.top_p <= 1)) throw UsageError("top_p must be in (0, 1]");
   }
 }
+
+namespace {
 
 // transformers' generate positions for a left-padded batch: cumsum(mask) - 1, pads at 1.
 at::Tensor generate_positions(const at::Tensor& mask) { return (mask.cumsum(1) - 1).masked_fill(mask.eq(0), 1); }
 
 GenerationResult run_generation(const DecoderLM& model, const at::Tensor& prompt_ids, const at::Tensor& prompt_embeds,
                                 const at::Tensor& attention_mask, const GenerationOptions& o) {
-  check_options(o);
+  validate_generation_options(o);
   c10::InferenceMode inference;
   const auto& c = model.config();
   const auto device = model.device();
@@ -77,8 +90,10 @@ GenerationResult run_generation(const DecoderLM& model, const at::Tensor& prompt
   first.attention_mask = mask;
   first.position_ids = positions;
   at::Tensor logits = model.forward(first, o.use_cache ? &cache : nullptr, last_only).logits.select(1, 0);
+  require_finite_logits(model, logits, "the prompt");
 
   for (int64_t step = 0; step < N; ++step) {
+    if (step > 0) require_finite_logits(model, logits, "generation step " + std::to_string(step));
     at::Tensor next = select_next_tokens(logits, o, generator);  // [B] on CPU
     next = at::where(finished, at::full_like(next, pad), next);
     r.tokens.select(1, step).copy_(next);

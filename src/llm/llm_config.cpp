@@ -51,7 +51,7 @@ class Fields {
   const Json& object(const char* key) const { return j_.at(key); }
 
   [[noreturn]] void fail(const std::string& key, const std::string& what) const {
-    throw FormatError(where_ + ": field '" + key + "' " + what);
+    throw ConfigError(where_ + ": field '" + key + "' " + what);
   }
 
  private:
@@ -146,7 +146,7 @@ LlmConfig LlmConfig::from_json_text(const std::string& json_text, const std::str
 }
 
 LlmConfig LlmConfig::load(const std::string& config_json_path) {
-  return from_json_text(read_file(config_json_path), config_json_path);
+  return from_json_text(read_file(config_json_path, kMaxConfigFileBytes), config_json_path);
 }
 
 std::string LlmConfig::to_json_text() const {

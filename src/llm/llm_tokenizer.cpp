@@ -273,6 +273,8 @@ struct LlmTokenizer::Impl {
                          [&](size_t a, size_t b) { return match_text[a].size() > match_text[b].size(); });
   }
 
+  bool knows(int id) const { return index_of.count(id) || (id >= 0 && id < spm->vocab_size()); }
+
   std::string token_of(int id) const {
     const auto it = index_of.find(id);
     if (it != index_of.end()) return added[it->second].content;
@@ -489,7 +491,7 @@ LlmTokenizer::LlmTokenizer(const std::string& dir) : impl_(std::make_unique<Impl
   // transformers), else tokenizer_config.json's, else none.
   if (file_exists(dir + "/chat_template.jinja")) {
     m.chat_template_source = dir + "/chat_template.jinja";
-    m.chat_template = read_file(m.chat_template_source);
+    m.chat_template = read_file(m.chat_template_source, kMaxConfigFileBytes);
   } else if (has_value(config, "chat_template")) {
     const Json& t = config["chat_template"];
     m.chat_template_source = cfg;
@@ -549,6 +551,9 @@ std::string LlmTokenizer::decode(const std::vector<int>& ids, bool skip_special_
   };
   for (int id : ids) {
     if (skip_special_tokens && m.special(id)) continue;
+    // An id the tokenizer has no token for (a model whose embedding rows outnumber its tokenizer's
+    // vocabulary can emit one) decodes to nothing, as transformers' fast tokenizers drop it.
+    if (!m.knows(id)) continue;
     const std::string token = m.token_of(id);
     const int byte = byte_piece_value(token);
     if (byte >= 0) {
@@ -564,6 +569,7 @@ std::string LlmTokenizer::decode(const std::vector<int>& ids, bool skip_special_
 }
 
 std::string LlmTokenizer::id_to_token(int id) const { return impl_->token_of(id); }
+bool LlmTokenizer::has_token(int id) const { return impl_->knows(id); }
 int LlmTokenizer::token_to_id(const std::string& token) const { return impl_->find(token); }
 bool LlmTokenizer::is_special(int id) const { return impl_->special(id); }
 int LlmTokenizer::vocab_size() const { return impl_->vocab; }

@@ -75,6 +75,7 @@ struct Document {
 };
 
 std::vector<Document> read_documents(const std::string& path) {
+  require_regular_file(path);
   std::ifstream in(path);
   if (!in) throw IoError(path + ": cannot open");
   std::vector<Document> docs;
@@ -134,6 +135,7 @@ std::vector<Document> read_documents(const std::string& path) {
 std::vector<std::string> read_questions(const ArgParser& a) {
   if (a.has("question") == a.has("questions")) throw UsageError("give exactly one of --question and --questions");
   if (a.has("question")) return {a.get("question")};
+  require_regular_file(a.get("questions"));
   std::ifstream in(a.get("questions"));
   if (!in) throw IoError(a.get("questions") + ": cannot open");
   std::vector<std::string> out;

@@ -111,6 +111,16 @@ at::Tensor require_integer(const std::map<std::string, at::Tensor>& t, const std
   return x.to(at::kLong);
 }
 
+// Token ids are checked against the model's vocabulary before the weights load: the embedding
+// lookup would otherwise fail with LibTorch's "index out of range in self" and no file named.
+void require_token_ids(const at::Tensor& ids, int64_t vocab_size, const std::string& path) {
+  if (ids.numel() == 0) return;
+  const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+  if (lo < 0 || hi >= vocab_size)
+    throw FormatError(path + ": tensor 'input_ids' holds " + std::to_string(lo < 0 ? lo : hi) + ", outside the model's vocabulary [0, " +
+                      std::to_string(vocab_size) + ")");
+}
+
 int cmd_tokenize(int argc, char** argv) {
   ArgParser args("llm_tool tokenize", "--model DIR [--add-special-tokens T1,T2,...] [--bos] --text TEXT");
   args.option("model", "model directory with tokenizer.model (tokenizer_config.json optional)")
@@ -125,6 +135,8 @@ int cmd_tokenize(int argc, char** argv) {
   std::cout << nlohmann::json(ids).dump() << "\n";
   return 0;
 }
+
+std::string model_dir_of(const ArgParser& args) { return args.get("model"); }
 
 int cmd_forward(int argc, char** argv) {
   ArgParser args("llm_tool forward", "--model DIR --in IN.safetensors --out OUT.safetensors [--dtype D] [--device D]");
@@ -151,6 +163,7 @@ int cmd_forward(int argc, char** argv) {
     if (ids.dim() != 2) throw ShapeError(in_path + ": tensor 'input_ids' must be [B, T], got " + shape_text(ids.sizes()));
     B = ids.size(0), T = ids.size(1);
     in.input_ids = require_integer(t, in_path, "input_ids", B, T);
+    require_token_ids(in.input_ids, config.vocab_size, in_path);
   } else {
     const auto& e = t["inputs_embeds"];
     if (!at::isFloatingType(e.scalar_type()))
@@ -159,6 +172,7 @@ int cmd_forward(int argc, char** argv) {
       throw ShapeError(in_path + ": tensor 'inputs_embeds' must be [B, T, " + std::to_string(config.hidden_size) +
                        "], got " + shape_text(e.sizes()));
     B = e.size(0), T = e.size(1);
+    if (!at::isfinite(e).all().item<bool>()) throw NumericError(in_path + ": tensor 'inputs_embeds' holds NaN or Inf");
     in.inputs_embeds = e;
   }
   if (t.count("attention_mask")) in.attention_mask = require_integer(t, in_path, "attention_mask", B, T);
@@ -173,6 +187,7 @@ int cmd_forward(int argc, char** argv) {
   const auto out = model.forward(in, nullptr, options);
   // Rows at padding positions are undefined; they are written as zeros.
   const auto keep = in.attention_mask.defined() ? in.attention_mask.ne(0).unsqueeze(-1) : at::ones({B, T, 1}, at::kBool);
+  require_finite_logits(model, at::where(keep.to(out.logits.device()), out.logits, 0.0f), model_dir_of(args));
   auto host = [&](const at::Tensor& x) { return (x.to(at::kCPU, at::kFloat) * keep).contiguous(); };
   NamedTensors written = {{"logits", host(out.logits)}, {"hidden_last", host(out.hidden_last)}};
   for (size_t i = 0; i < out.hidden_states.size(); ++i)
@@ -194,7 +209,7 @@ GenerationOptions generation_options(const ArgParser& args) {
       try {
         target = g[key].get<std::decay_t<decltype(target)>>();
       } catch (const nlohmann::json::exception&) {
-        throw FormatError(gen_path + ": field '" + key + "' has the wrong type");
+        throw ConfigError(gen_path + ": field '" + key + "' has the wrong type");
       }
     };
     read("do_sample", o.do_sample);
@@ -217,7 +232,7 @@ GenerationOptions generation_options(const ArgParser& args) {
   o.max_new_tokens = args.get_int("max-new-tokens");
   o.stop_at_eos = !args.has("ignore-eos");
   o.use_cache = !args.has("no-cache");
-  if (o.max_new_tokens < 0) throw UsageError("--max-new-tokens must not be negative");
+  validate_generation_options(o);
   return o;
 }
 
@@ -250,6 +265,11 @@ int cmd_generate(int argc, char** argv) {
   if (args.has("system") && !args.has("chat")) throw UsageError("--system needs --chat");
   if (args.has("chat") && !args.has("prompt")) throw UsageError("--chat needs --prompt");
 
+  // Every setting is checked before the tokenizer and the model load.
+  auto options = generation_options(args);
+  configure_threads(static_cast<int>(args.get_int("threads")));
+  resolve_device(args.get("device"));
+  const auto config = LlmConfig::load(args.require("model") + "/config.json");
   at::Tensor ids, mask;
   std::optional<LlmTokenizer> tokenizer;
   if (args.has("in")) {
@@ -260,6 +280,7 @@ int cmd_generate(int argc, char** argv) {
       throw ShapeError(in_path + ": tensor 'input_ids' must be [B, T], got " + shape_text(t["input_ids"].sizes()));
     const int64_t B = t["input_ids"].size(0), T = t["input_ids"].size(1);
     ids = require_integer(t, in_path, "input_ids", B, T);
+    require_token_ids(ids, config.vocab_size, in_path);
     if (t.count("attention_mask")) mask = require_integer(t, in_path, "attention_mask", B, T);
   } else {
     tokenizer.emplace(load_tokenizer(args));
@@ -273,10 +294,10 @@ int cmd_generate(int argc, char** argv) {
     // A chat rendering carries its own BOS.
     const auto encoded = tokenizer->encode(text, /*add_special_tokens=*/!args.has("chat"));
     ids = at::tensor(std::vector<int64_t>(encoded.begin(), encoded.end()), at::kLong).unsqueeze(0);
+    require_token_ids(ids, config.vocab_size, "--prompt (encoded)");
   }
   const auto loaded = load_model(args, args.has("prompt") ? "auto" : "float32");
   const auto& model = loaded.model;
-  auto options = generation_options(args);
   options.adapter = loaded.adapter.get();
   // --prompt streams the text as it is generated: each step re-decodes the whole continuation
   // and prints what is new.
@@ -291,7 +312,7 @@ int cmd_generate(int argc, char** argv) {
       const std::string text = tokenizer->decode(generated_ids, /*skip_special_tokens=*/true);
       // A run of byte pieces decodes as a whole (valid UTF-8, or U+FFFD for every byte), so
       // nothing is printed while the newest token may still extend such a run.
-      const std::string piece = tokenizer->id_to_token(static_cast<int>(id));
+      const std::string piece = tokenizer->has_token(static_cast<int>(id)) ? tokenizer->id_to_token(static_cast<int>(id)) : "";
       const bool in_byte_run = piece.size() == 6 && piece.compare(0, 3, "<0x") == 0 && piece.back() == '>';
       if (!in_byte_run && text.size() > printed.size() && text.compare(0, printed.size(), printed) == 0) {
         std::cout << text.substr(printed.size()) << std::flush;

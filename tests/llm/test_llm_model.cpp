@@ -90,12 +90,13 @@ TEST(LlmConfig, ParsesTheFixtureAndCountsMistral7BParameters) {
   EXPECT_EQ(back.eos_token_ids, m.eos_token_ids);
 }
 
+// Field errors are config errors (exit 5), as HRM's and CLaRa's are; unreadable JSON is a format error.
 TEST(LlmConfig, BadConfigsNameTheField) {
   const std::string base = read_file(kModelDir + "/config.json");
   auto with = [&](const std::string& key, const nlohmann::json& value) {
     auto j = nlohmann::json::parse(base);
     if (value.is_null()) j.erase(key); else j[key] = value;
-    return error_of<FormatError>([&] { LlmConfig::from_json_text(j.dump(), "cfg.json"); });
+    return error_of<ConfigError>([&] { LlmConfig::from_json_text(j.dump(), "cfg.json"); });
   };
   EXPECT_NE(with("hidden_size", nullptr).find("cfg.json: field 'hidden_size' is missing"), std::string::npos);
   EXPECT_NE(with("model_type", "gpt2").find("'model_type'"), std::string::npos);
@@ -601,7 +602,8 @@ TEST(LlmTool, BadInputsGiveOneLineErrors) {
   EXPECT_EQ(count_lines(msg), 1) << msg;
   write_safetensors(in, {{"input_ids", torch::full({1, 3}, 5000, torch::kLong)}});
   msg = llm_tool("forward --model " + kModelDir + " --in " + in + " --out " + out, scratch, &rc);
-  EXPECT_NE(msg.find("outside [0, 647)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("tensor 'input_ids' holds 5000, outside the model's vocabulary [0, 647)"), std::string::npos) << msg;
+  EXPECT_EQ(rc, 4);
   write_safetensors(in, {{"input_ids", torch::ones({1, 3}, torch::kLong)}, {"attention_mask", torch::ones({1, 4}, torch::kLong)}});
   msg = llm_tool("generate --model " + kModelDir + " --in " + in + " --out " + out, scratch, &rc);
   EXPECT_NE(msg.find("'attention_mask' must be [1, 3]"), std::string::npos) << msg;

@@ -163,7 +163,7 @@ TEST(LlmToolDecoding, GenerationConfigSetsSamplingAndFlagsOverrideIt) {
   // A malformed file names the field.
   const std::string bad = model_copy(scratch, "bad", R"({"top_k": "five"})");
   const auto r = run_command(tool("llm_tool") + " generate --model " + bad + " --prompt x --max-new-tokens 1", scratch.path());
-  EXPECT_EQ(r.exit_code, 4) << r.err;
+  EXPECT_EQ(r.exit_code, 5) << r.err;  // a config field, as config.json's are
   EXPECT_NE(r.err.find("generation_config.json: field 'top_k'"), std::string::npos) << r.err;
 }
 
