@@ -140,8 +140,13 @@ for t in "${targets[@]}"; do
   else
     failed=$((failed + 1))
     artifact="$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -n 1)"
+    [ -n "$artifact" ] || artifact="$(find "$out/crashes/$t" -type f | sort | head -n 1)"
     [ "$artifacts" -gt 1 ] && artifact="$artifacts reproducers in $out/crashes/$t, e.g. $artifact"
-    why="$(grep -m 1 -E '^SUMMARY: |FINDING: |runtime error:|^==[0-9]+==ERROR: |ERROR: libFuzzer' "$log" | cut -c 1-160 || true)"
+    why=""
+    for pattern in '^==hrmclara-fuzz== FINDING: ' '^SUMMARY: ' ': runtime error: ' '^==[0-9]+== ?ERROR: '; do
+      why="$(grep -m 1 -E "$pattern" "$log" | cut -c 1-200 || true)"
+      [ -z "$why" ] || break
+    done
     [ "$rc" = 124 ] || [ "$rc" = 137 ] && why="${why:-the run itself hung (killed after $((seconds * 3 + 300)) s)}"
     status="CRASH ${artifact:-(no reproducer written)}${why:+ -- $why}"
   fi
