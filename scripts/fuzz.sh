@@ -37,7 +37,7 @@ cxx="${HRMCLARA_FUZZ_CXX:-clang++}"
 say() { printf 'fuzz: %s\n' "$*"; }
 die() { printf 'fuzz: %s\n' "$*" >&2; exit 1; }
 
-command -v "$cxx" >/dev/null 2>&1 || die "$cxx not found: the fuzz targets need clang with libFuzzer (scripts/setup.sh installs clang and libclang-rt-14-dev)"
+command -v "$cxx" >/dev/null 2>&1 || die "$cxx not found: the fuzz targets need clang with libFuzzer (scripts/setup.sh installs clang and libclang-rt-dev)"
 python="$HRMCLARA_PYTHON"
 [ -x "$python" ] || python="$(command -v python3)" || die "python3 not found (fuzz/seeds.py writes the seed corpora)"
 
@@ -48,11 +48,11 @@ if [ ! -f "$build_dir/CMakeCache.txt" ]; then
   generator=()
   if command -v ninja >/dev/null 2>&1; then generator=(-G Ninja); fi
   say "configuring $build_dir ($cxx)"
+  mkdir -p "$build_dir"
   CC="$cc" CXX="$cxx" cmake -S "$here" -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Debug \
     -DHRMCLARA_FUZZ=ON -DHRMCLARA_BUILD_TESTS=OFF -DHRMCLARA_CUDA=OFF \
-    -DCMAKE_PREFIX_PATH="$torch_prefix" -DHRMCLARA_PYTHON="$HRMCLARA_PYTHON" >"$build_dir.configure.log" 2>&1 ||
-    { cat "$build_dir.configure.log" >&2; die "configure failed"; }
-  rm -f "$build_dir.configure.log"
+    -DCMAKE_PREFIX_PATH="$torch_prefix" -DHRMCLARA_PYTHON="$HRMCLARA_PYTHON" >"$build_dir/configure.log" 2>&1 ||
+    { cat "$build_dir/configure.log" >&2; rm -f "$build_dir/CMakeCache.txt"; die "configure failed"; }
 fi
 list="$build_dir/fuzz/targets.txt"
 [ -f "$list" ] || die "$list missing: is $build_dir configured with -DHRMCLARA_FUZZ=ON?"
