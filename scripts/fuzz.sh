@@ -85,12 +85,16 @@ run_one() {
   rm -rf "$crashes"  # this run's reproducers only
   mkdir -p "$corpus" "$crashes"
   local dirs=("$corpus" "$out/seeds/$t")
+  # The harnesses' scratch files (fuzz_common.h's WorkDir: $TMPDIR), removed afterwards: a crashed
+  # process, and with -fork every crashed child, leaves its work directory behind.
+  local scratch
+  scratch="$(mktemp -d /dev/shm/hrmclara-fuzz-"$t".XXXXXX 2>/dev/null || mktemp -d)"
   # The committed reproducers, each on its own (libFuzzer runs the files it is given once).
   : > "$out/logs/$t.regressions"
   local f
   for f in "$here/fuzz/regressions/$t"/*; do
     [ -f "$f" ] || continue
-    timeout -k 10 300 "$build_dir/bin/fuzz_$t" -timeout=10 -rss_limit_mb=2048 "$f" >"$out/logs/$t.regression.log" 2>&1 ||
+    TMPDIR="$scratch" timeout -k 10 300 "$build_dir/bin/fuzz_$t" -timeout=10 -rss_limit_mb=2048 "$f" >"$out/logs/$t.regression.log" 2>&1 ||
       { echo "fuzz/regressions/$t/$(basename "$f")" >> "$out/logs/$t.regressions";
         cat "$out/logs/$t.regression.log" >> "$out/logs/$t.regressions.log"; }
   done
@@ -102,9 +106,10 @@ run_one() {
   case "$t" in torch_save | clara_adapters) target_args=(-detect_leaks=0) ;; esac
   local rc=0
   # shellcheck disable=SC2086
-  timeout -k 10 $((seconds * 3 + 300)) "$build_dir/bin/fuzz_$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+  TMPDIR="$scratch" timeout -k 10 $((seconds * 3 + 300)) "$build_dir/bin/fuzz_$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
     -max_len="$max_len" -print_final_stats=1 -artifact_prefix="$crashes" "${dict[@]}" "${target_args[@]}" ${HRMCLARA_FUZZ_ARGS:-} \
     "${dirs[@]}" >"$log" 2>&1 || rc=$?
+  rm -rf "$scratch"
   echo "$rc" > "$out/logs/$t.rc"
 }
 
