@@ -10,7 +10,8 @@ silently testing nothing. Besides mutations, it checks the CI guards: a binary t
 or skips one, exits non-zero.
 
 Needs only a Python 3 and a configured build directory (scripts/build.sh). Each mutation rebuilds
-one library file and relinks (about a minute on 2 cores).
+one library file and relinks the library, the tools and the one test binary it runs (one to two
+minutes on 2 cores).
 """
 import os
 import subprocess
@@ -139,8 +140,9 @@ def run(cmd, **kw):
     return subprocess.run(cmd, cwd=kw.pop("cwd", ROOT), capture_output=True, text=True, **kw)
 
 
-def build(build_dir):
-    r = run(["cmake", "--build", build_dir, "-j", str(os.cpu_count() or 2)])
+def build(build_dir, target=None):
+    # One test binary (and the library and tools it depends on) per mutation; everything at the end.
+    r = run(["cmake", "--build", build_dir, "-j", str(os.cpu_count() or 2)] + (["--target", target] if target else []))
     if r.returncode != 0:
         print(r.stdout[-3000:] + r.stderr[-3000:])
     return r.returncode == 0
@@ -182,7 +184,7 @@ def main():
         try:
             with open(path, "w", encoding="utf-8") as f:
                 f.write(original.replace(old, new))
-            if not build(build_dir):
+            if not build(build_dir, binary):
                 print(f"BUILD  {name}: the mutant does not compile")
                 failures += 1
                 continue

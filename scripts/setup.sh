@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/setup.sh: installs everything hrmclara's build, tests and fixture scripts need.
-#   Debian 12 / Ubuntu (as root, or with sudo): Debian's C++ libraries and tools, then PyPI's
+#   Debian 12 / Ubuntu (as root, or with sudo): Debian's C++ libraries and tools (clang and its
+#   libFuzzer for scripts/fuzz.sh among them), then PyPI's
 #   torch (with numpy, safetensors, sentencepiece for the fixture scripts) into a virtual
 #   environment at $HRMCLARA_VENV (default /opt/hrmclara/venv), outside the repository so every
 #   clone reuses it.
@@ -35,6 +36,7 @@ debs=(
   libsentencepiece-dev sentencepiece python3-sentencepiece
   nlohmann-json3-dev libspdlog-dev libfmt-dev libgtest-dev libyaml-cpp-dev
   libpoppler-cpp-dev zlib1g-dev
+  clang libclang-rt-dev  # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes (Debian 12: clang 14)
 )
 missing=()
 for p in "${debs[@]}"; do

@@ -2,7 +2,9 @@
 # scripts/test.sh [BUILD_DIR]: builds every target (scripts/build.sh) and runs all test suites, each
 # natively and with other CPUs' kernels forced (AVX2-only, and scalar: tests/CMakeLists.txt), then
 # prints the totals. Fails when a suite runs no test or skips one (HRMCLARA_ALLOW_SKIPS=1 accepts
-# skips, for machines without the set-up's Python).
+# skips, for machines without the set-up's Python). Then runs every fuzz harness briefly
+# (scripts/fuzz.sh; HRMCLARA_FUZZ_SECONDS per target, default 10, 0 skips it), which fails the
+# command when one finds a crash or a committed reproducer in fuzz/regressions/ still crashes.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${1:-build}"
@@ -20,5 +22,15 @@ log="$build_dir/Testing/Temporary/LastTest.log"
 if [ -f "$log" ]; then
   awk '/^[A-Za-z_]+: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$/ { runs++; p += $2; f += $4; s += $6 }
        END { printf "test suites: %d runs (natively and with forced kernel sets)\ntotal: %d passed, %d failed, %d skipped\n", runs, p, f, s }' "$log"
+fi
+
+# A short fuzz run of every reader (clang + libFuzzer, build directory BUILD_DIR-fuzz).
+fuzz_seconds="${HRMCLARA_FUZZ_SECONDS:-10}"
+if [ "$fuzz_seconds" != 0 ]; then
+  if [ "$(uname -s)" = Linux ]; then
+    HRMCLARA_FUZZ_BUILD="${HRMCLARA_FUZZ_BUILD:-$build_dir-fuzz}" "$here/scripts/fuzz.sh" "$fuzz_seconds" || status=1
+  else
+    echo "fuzz: skipped (the harnesses need clang's libFuzzer on Linux)"
+  fi
 fi
 exit "$status"

@@ -12,15 +12,22 @@
 
 namespace {
 
-// Names the skipped tests with their messages, since --gtest_brief hides them.
+// Names the skipped tests with their messages, since --gtest_brief hides them. The message is kept
+// in OnTestPartResult and printed in OnTestEnd: GoogleTest holds its UnitTest lock while it reports
+// a part result, so asking it for the current test there (current_test_info) deadlocks.
 class SkipReporter : public testing::EmptyTestEventListener {
  public:
   void OnTestPartResult(const testing::TestPartResult& result) override {
-    if (!result.skipped()) return;
-    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
-    std::fprintf(stderr, "SKIPPED %s.%s: %s\n", info ? info->test_suite_name() : "?", info ? info->name() : "?",
-                 result.message());
+    if (result.skipped()) message_ = result.message();
   }
+  void OnTestEnd(const testing::TestInfo& info) override {
+    if (info.result()->Skipped())
+      std::fprintf(stderr, "SKIPPED %s.%s: %s\n", info.test_suite_name(), info.name(), message_.c_str());
+    message_.clear();
+  }
+
+ private:
+  std::string message_;
 };
 
 }  // namespace

@@ -2,6 +2,8 @@
 // one line on stderr ("<tool>: error: <what>") and the error's exit code.
 #pragma once
 
+#include <hrmclara/errors.h>  // first_line
+
 #include <functional>
 #include <map>
 #include <string>
@@ -56,9 +58,6 @@ bool print_version_if_asked(const std::string& program, int argc, char** argv);
 // Runs `body` and maps exceptions to exit codes: hrmclara::Error -> its code, anything else -> 1,
 // each reported as one line. Applies --log-level/--threads handling is left to the body.
 int run_main(const std::string& program, const std::function<int()>& body);
-
-// The first line of an exception message (LibTorch's messages carry backtraces).
-std::string first_line(const std::string& text);
 
 // The process's peak resident memory so far, in MiB (what the benchmark tools report).
 double peak_rss_mb();

@@ -65,4 +65,8 @@ HRMCLARA_DEFINE_ERROR(NumericError, kNumeric)
 
 #undef HRMCLARA_DEFINE_ERROR
 
+// The first line of an exception message (LibTorch's messages carry backtraces), trailing spaces
+// removed: what the one-line error reports quote. In src/core/errors.cpp.
+std::string first_line(const std::string& text);
+
 }  // namespace hrmclara

@@ -107,4 +107,15 @@ void write_peft_adapter(const std::string& dir, const LoraAdapter& adapter, cons
 // naming the file for unsupported settings (DoRA, rank patterns, fan_in_fan_out, ...).
 LoraConfig read_peft_config(const std::string& adapter_config_json);
 
+// Upstream CLaRa's adapters.pth: a torch.save dict of adapter name -> PEFT state dict (read_torch_save
+// flattens it to "name.key"). Per adapter, in file order, its LoRA tensors under their PEFT keys,
+// and apart from them the model.embed_tokens / lm_head copies PEFT adds when the vocabulary was
+// resized. FormatError naming the file for an entry outside an adapter dict or a file without any
+// LoRA adapter. (Loading them, by upstream's stage semantics, is ClaraModel's.)
+struct AdapterGroups {
+  std::vector<std::pair<std::string, NamedTensors>> lora;
+  std::vector<std::pair<std::string, NamedTensors>> base_copies;
+};
+AdapterGroups read_adapter_groups(const std::string& adapters_pth);
+
 }  // namespace hrmclara

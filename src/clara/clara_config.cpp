@@ -80,7 +80,8 @@ ClaraConfig ClaraConfig::from_json(const Json& j, const std::string& where) {
   c.pure_inference = bool_field(j, "pure_inference", c.pure_inference, where);
   c.decoder_model_name = string_field(j, "decoder_model_name", "", where);
   c.max_new_tokens = int_field(j, "max_new_tokens", c.max_new_tokens, where);
-  if (j.contains("n_mem_tokens") && int_field(j, "n_mem_tokens", 0, where) != c.mem_tokens())
+  // compr_rate is validated below; 0 or a negative rate must not reach the division first.
+  if (j.contains("n_mem_tokens") && c.compr_rate > 0 && int_field(j, "n_mem_tokens", 0, where) != c.mem_tokens())
     throw ConfigError(where + ": field 'n_mem_tokens' is " + j["n_mem_tokens"].dump() + " but doc_max_length / compr_rate = " +
                       std::to_string(c.mem_tokens()));
   if (bool_field(j, "lora", true, where) == false) throw ConfigError(where + ": field 'lora' is false; CLaRa without LoRA is not supported");

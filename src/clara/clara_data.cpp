@@ -219,7 +219,7 @@ ClaraRow parse_clara_row(const std::string& json_line, ClaraStage stage, const s
   Json j;
   try {
     j = Json::parse(json_line);
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {
     std::string what = e.what();
     const size_t cut = what.find("] ");  // drop nlohmann's "[json.exception.parse_error.101] " prefix
     if (cut != std::string::npos) what = what.substr(cut + 2);

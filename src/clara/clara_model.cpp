@@ -32,35 +32,6 @@ std::vector<std::string> clara_tokens(int64_t n) {
   return out;
 }
 
-// adapters.pth (read_torch_save flattens {adapter: {key: tensor}} to "adapter.key"): per adapter
-// its LoRA state, in file order, and the embed_tokens / lm_head copies PEFT adds when the
-// vocabulary was resized.
-struct AdapterFile {
-  std::vector<std::pair<std::string, NamedTensors>> lora;
-  std::vector<std::pair<std::string, NamedTensors>> base_copies;  // per adapter, in file order
-};
-
-AdapterFile read_adapters_pth(const std::string& path) {
-  AdapterFile f;
-  std::map<std::string, size_t> lora_at, copy_at;
-  for (auto& [flat, t] : read_torch_save(path)) {
-    const auto dot = flat.find('.');
-    if (dot == std::string::npos || dot == 0)
-      throw FormatError(path + ": entry '" + flat + "' is not inside an adapter dict ({adapter_name: state_dict})");
-    const std::string name = flat.substr(0, dot), key = flat.substr(dot + 1);
-    const bool copy = key == kEmbedName || key == kHeadName;
-    auto& index = copy ? copy_at : lora_at;
-    auto& list = copy ? f.base_copies : f.lora;
-    if (!index.count(name)) {
-      index[name] = list.size();
-      list.emplace_back(name, NamedTensors{});
-    }
-    list[index[name]].second.emplace_back(key, t);
-  }
-  if (f.lora.empty()) throw FormatError(path + ": holds no LoRA adapter");
-  return f;
-}
-
 }  // namespace
 
 struct ClaraModel::Impl {
@@ -270,7 +241,7 @@ ClaraModel ClaraModel::load(const std::string& checkpoint_dir, const std::string
     } else {
       did.push_back("no decoder_first_last_layers.pth: base embeddings");
     }
-    auto file = read_adapters_pth(adapters_path);
+    auto file = read_adapter_groups(adapters_path);
     stored = std::move(file.lora);
     copies = std::move(file.base_copies);
   }

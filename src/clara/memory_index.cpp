@@ -250,7 +250,7 @@ std::unique_ptr<MemoryIndex::State> MemoryIndex::State::read(const std::string& 
   Json j;
   try {
     j = Json::parse(read_file(path, kMaxConfigFileBytes));
-  } catch (const Json::parse_error&) {
+  } catch (const Json::exception&) {
     throw FormatError(path + ": malformed JSON");
   }
   if (!j.is_object()) throw FormatError(path + ": not a JSON object");

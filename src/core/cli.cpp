@@ -3,6 +3,7 @@
 #include <hrmclara/info.h>
 #include <hrmclara/log.h>
 
+#include <nlohmann/json.hpp>
 #include <sys/resource.h>
 
 #include <cstdio>
@@ -149,19 +150,17 @@ std::string ArgParser::help() const {
   return out;
 }
 
-std::string first_line(const std::string& text) {
-  auto end = text.find('\n');
-  std::string line = end == std::string::npos ? text : text.substr(0, end);
-  while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
-  return line;
-}
-
 int run_main(const std::string& program, const std::function<int()>& body) {
   try {
     return body();
   } catch (const Error& e) {
     std::cerr << program << ": error: " << first_line(e.what()) << std::endl;
     return static_cast<int>(e.code());
+  } catch (const nlohmann::json::exception& e) {
+    // A JSON value of an unexpected type that a reader did not check itself (a bug, but still
+    // bad input): one line and the format code, not an abort.
+    std::cerr << program << ": error: malformed JSON value: " << first_line(e.what()) << std::endl;
+    return static_cast<int>(ExitCode::kFormat);
   } catch (const std::bad_alloc&) {
     std::cerr << program << ": error: out of memory" << std::endl;
     return static_cast<int>(ExitCode::kFailure);

@@ -14,7 +14,7 @@ Json read_json_file(const std::string& path) {
   const std::string text = read_file(path, kMaxConfigFileBytes);
   try {
     return Json::parse(text);
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {
     // nlohmann reports "[json.exception.parse_error.101] parse error at line 3, column 5: ...".
     std::string what = e.what();
     auto at = what.find("parse error");
@@ -42,7 +42,15 @@ Json yaml_scalar(const YAML::Node& node) {
     } catch (const std::out_of_range&) {
     }
   }
-  if (std::regex_match(s, float_re)) return std::stod(s);
+  if (std::regex_match(s, float_re)) {
+    try {
+      return std::stod(s);
+    } catch (const std::out_of_range&) {  // 1e999: PyYAML gives inf (and 1e-999: 0.0)
+      const bool tiny = s.find_first_of("eE") != std::string::npos && s[s.find_first_of("eE") + 1] == '-';
+      if (tiny) return 0.0;
+      return s[0] == '-' ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
+    }
+  }
   if (s == ".inf" || s == ".Inf") return std::numeric_limits<double>::infinity();
   if (s == "-.inf" || s == "-.Inf") return -std::numeric_limits<double>::infinity();
   return s;
@@ -153,8 +161,13 @@ Json apply_overrides(const Json& config, const std::vector<std::string>& overrid
     Json value;
     try {
       value = Json::parse(text);
-    } catch (const Json::parse_error&) {
+    } catch (const Json::exception&) {
       value = text;  // a bare word: a string
+      try {
+        (void)value.dump();
+      } catch (const Json::exception&) {
+        throw UsageError("override '" + key + "': the value is not valid UTF-8");
+      }
     }
     // Build {"a":{"b":{"c":value}}} and merge it, so the same validation applies.
     Json nested = value;

@@ -93,7 +93,7 @@ NamedTensors read_safetensors(const std::string& path, std::map<std::string, std
   OrderedJson header;
   try {
     header = OrderedJson::parse(file->data() + 8, file->data() + 8 + header_len);
-  } catch (const OrderedJson::parse_error&) {
+  } catch (const OrderedJson::exception&) {
     throw FormatError(path + ": safetensors header is not valid JSON");
   }
   if (!header.is_object()) throw FormatError(path + ": safetensors header is not a JSON object");
@@ -119,6 +119,13 @@ NamedTensors read_safetensors(const std::string& path, std::map<std::string, std
       for (const auto& e : dtype_table())
         if (dt == e.safetensors) entry = &e;
       if (!entry) throw FormatError(where + ": unsupported dtype " + dt);
+      for (const char* key : {"shape", "data_offsets"}) {
+        const auto& v = info.at(key);
+        if (!v.is_array()) throw FormatError(where + ": '" + key + "' is not a list");
+        for (const auto& d : v)
+          if (!d.is_number_unsigned() || d.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+            throw FormatError(where + ": '" + key + "' holds " + d.dump() + ", not a non-negative integer");
+      }
       Entry e{name, entry->type, info.at("shape").get<std::vector<int64_t>>(), 0, 0};
       const auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
       if (offsets.size() != 2 || offsets[1] < offsets[0]) throw FormatError(where + ": bad data_offsets");
@@ -170,7 +177,7 @@ SafetensorsIndex parse_safetensors_index(const std::string& index_path) {
   OrderedJson index;
   try {
     index = OrderedJson::parse(read_file(index_path, kMaxConfigFileBytes));
-  } catch (const OrderedJson::parse_error&) {
+  } catch (const OrderedJson::exception&) {
     throw FormatError(index_path + ": malformed JSON");
   }
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())

@@ -69,7 +69,7 @@ LlmConfig LlmConfig::from_json_text(const std::string& json_text, const std::str
   Json j;
   try {
     j = Json::parse(json_text);
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {
     throw FormatError(where + ": not valid JSON (" + std::string(e.what()).substr(0, 120) + ")");
   }
   if (!j.is_object()) throw FormatError(where + ": expected a JSON object");
@@ -127,8 +127,15 @@ LlmConfig LlmConfig::from_json_text(const std::string& json_text, const std::str
       rf.fail("high_freq_factor", "must exceed low_freq_factor");
   }
 
+  // Upper bounds far beyond any released model (Llama 3: vocab 128256, hidden 16384, 126 layers)
+  // keep every product of them, parameter_count() included, inside int64.
   auto positive = [&](int64_t v, const char* key) {
     if (v <= 0) f.fail(key, "must be positive (got " + std::to_string(v) + ")");
+    const int64_t most = std::string(key) == "vocab_size" ? int64_t{1} << 24
+                         : std::string(key) == "intermediate_size" ? int64_t{1} << 22
+                         : std::string(key) == "hidden_size" ? int64_t{1} << 20
+                         : std::string(key) == "head_dim" ? int64_t{1} << 16 : int64_t{1} << 12;
+    if (v > most) f.fail(key, "is " + std::to_string(v) + ", beyond " + std::to_string(most));
   };
   positive(c.vocab_size, "vocab_size");
   positive(c.hidden_size, "hidden_size");

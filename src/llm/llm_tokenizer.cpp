@@ -19,6 +19,10 @@ namespace hrmclara {
 
 namespace {
 
+// No vocabulary comes near 2^24 tokens (Gemma's 256k is the largest released); llm_config.h bounds
+// vocab_size the same way.
+constexpr int kMaxTokenId = 1 << 24;
+
 const std::string kSpaceMarker = "\xE2\x96\x81";      // '▁', SentencePiece's space
 const std::string kReplacementChar = "\xEF\xBF\xBD";  // U+FFFD
 // U+E000 (private use): in no piece of a Llama / Mistral vocabulary, so SentencePiece never merges
@@ -208,6 +212,9 @@ struct LlmTokenizer::Impl {
   void add(const AddedToken& token, const std::string& source, bool update_flags) {
     if (token.content.empty()) throw FormatError(source + ": an added token has empty content");
     if (token.id < 0) throw FormatError(source + ": added token '" + token.content + "' has a negative id");
+    if (token.id >= kMaxTokenId)
+      throw FormatError(source + ": added token '" + token.content + "' has id " + std::to_string(token.id) +
+                        ", beyond any vocabulary (at most " + std::to_string(kMaxTokenId) + ")");
     const auto same_content = id_of.find(token.content);
     if (same_content != id_of.end()) {
       if (same_content->second != token.id)
@@ -464,7 +471,9 @@ LlmTokenizer::LlmTokenizer(const std::string& dir) : impl_(std::make_unique<Impl
       const Json j = read_json_object(added_path);
       std::vector<AddedToken> tokens;
       for (const auto& [content, id] : j.items()) {
-        if (!id.is_number_integer()) throw FormatError(added_path + ": the id of '" + content + "' is not an integer");
+        if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= kMaxTokenId)
+          throw FormatError(added_path + ": the id of '" + content + "' is " + id.dump() + ", not a token id in [0, " +
+                            std::to_string(kMaxTokenId) + ")");
         const bool special = special_names.count(content) > 0;
         tokens.push_back({content, id.get<int>(), special, false, false, !special});
       }

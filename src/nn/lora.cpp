@@ -55,7 +55,8 @@ bool LoraConfig::targets(LoraTarget t) const {
 }
 
 void LoraConfig::validate() const {
-  if (r < 1) throw ConfigError("LoRA: r must be >= 1 (got " + std::to_string(r) + ")");
+  // PEFT allows any rank; beyond 65536 an adapter outweighs any model it could adapt.
+  if (r < 1 || r > 65536) throw ConfigError("LoRA: r must be in [1, 65536] (got " + std::to_string(r) + ")");
   if (!(alpha > 0)) throw ConfigError("LoRA: lora_alpha must be positive");
   if (!(dropout >= 0 && dropout < 1)) throw ConfigError("LoRA: lora_dropout must be in [0, 1)");
   if (target_modules.empty()) throw ConfigError("LoRA: target_modules is empty");
@@ -246,6 +247,7 @@ LoraConfig read_peft_config(const std::string& path) {
   } else {
     c.alpha = 8;  // PEFT's default
   }
+  if (is_set("lora_dropout") && !j["lora_dropout"].is_number()) fail("lora_dropout", "must be a number");
   c.dropout = is_set("lora_dropout") ? j["lora_dropout"].get<double>() : 0.0;
   for (const char* flag : {"use_dora", "use_rslora", "fan_in_fan_out", "use_qalora", "lora_bias"})
     if (is_set(flag) && (!j[flag].is_boolean() || j[flag].get<bool>())) fail(flag, "is set; not supported");
@@ -283,7 +285,7 @@ LoraAdapter read_peft_adapter(const std::string& dir, const std::string& name, c
   const std::string weights_path = dir + "/adapter_model.safetensors";
   if (!file_exists(config_path)) throw IoError(config_path + ": missing (not a PEFT adapter directory)");
   if (!file_exists(weights_path)) throw IoError(weights_path + ": missing (only the safetensors layout is read)");
-  LoraAdapter adapter(name, read_peft_config(config_path), model, dtype, device);
+  const LoraConfig config = read_peft_config(config_path);
   NamedTensors state;
   for (auto& [key, t] : read_safetensors(weights_path)) {
     if (key.compare(0, kPeftPrefix.size(), kPeftPrefix) != 0)
@@ -297,8 +299,15 @@ LoraAdapter read_peft_adapter(const std::string& dir, const std::string& name, c
       if (rest != "weight" && rest.size() > 7 && rest.compare(rest.size() - 7, 7, ".weight") == 0)
         k = k.substr(0, at + 8) + "weight";
     }
+    // The rank the config states must be the rank the weights have before anything is allocated
+    // for it (a config saying r = 10^9 asked for terabytes).
+    if (k.find(".lora_A.") != std::string::npos && (t.dim() != 2 || t.size(0) != config.r))
+      throw ShapeError(weights_path + ": tensor '" + key + "' has shape " + c10::str(t.sizes()) + ", but adapter_config.json says r = " +
+                       std::to_string(config.r) + ": this model needs [" + std::to_string(config.r) + ", " +
+                       std::to_string(t.dim() == 2 ? t.size(1) : 0) + "]");
     state.emplace_back(k, t);
   }
+  LoraAdapter adapter(name, config, model, dtype, device);
   adapter.load_state_dict(state, weights_path);
   return adapter;
 }
@@ -325,6 +334,28 @@ void write_peft_adapter(const std::string& dir, const LoraAdapter& adapter, cons
                  {"layers_to_transform", nullptr},
                  {"base_model_name_or_path", base_model_name}};
   write_json_file(dir + "/adapter_config.json", config);
+}
+
+AdapterGroups read_adapter_groups(const std::string& path) {
+  static const std::string embed = "model.embed_tokens.weight", head = "lm_head.weight";
+  AdapterGroups g;
+  std::map<std::string, size_t> lora_at, copy_at;
+  for (auto& [flat, t] : read_torch_save(path)) {
+    const auto dot = flat.find('.');
+    if (dot == std::string::npos || dot == 0)
+      throw FormatError(path + ": entry '" + flat + "' is not inside an adapter dict ({adapter_name: state_dict})");
+    const std::string name = flat.substr(0, dot), key = flat.substr(dot + 1);
+    const bool copy = key == embed || key == head;
+    auto& index = copy ? copy_at : lora_at;
+    auto& list = copy ? g.base_copies : g.lora;
+    if (!index.count(name)) {
+      index[name] = list.size();
+      list.emplace_back(name, NamedTensors{});
+    }
+    list[index[name]].second.emplace_back(key, t);
+  }
+  if (g.lora.empty()) throw FormatError(path + ": holds no LoRA adapter");
+  return g;
 }
 
 }  // namespace hrmclara

@@ -88,7 +88,7 @@ std::vector<Document> read_documents(const std::string& path) {
     Json j;
     try {
       j = Json::parse(line);
-    } catch (const Json::parse_error&) {
+    } catch (const Json::exception&) {
       throw FormatError(where + ": not a JSON object");
     }
     if (!j.is_object()) throw FormatError(where + ": not a JSON object");

@@ -1,5 +1,6 @@
 // Regression tests for the bad-input campaign (issue 13): every hostile input is built here, in the
 // test, and must end in a typed error naming the file, not a crash, a hang or unbounded memory.
+#include "hostile_inputs.h"
 #include "test_util.h"
 
 #include <hrmclara/config.h>
@@ -9,7 +10,6 @@
 #include <hrmclara/npy.h>
 #include <hrmclara/tensor_io.h>
 
-#include <caffe2/serialize/inline_container.h>
 #include <sys/stat.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -20,15 +20,6 @@ namespace {
 using test::fixture;
 using test::ScratchDir;
 
-// A torch.save archive whose data.pkl is `pickle` (with torch's own zip writer, so only the
-// pickle is hostile).
-void write_pickle_archive(const std::string& path, const std::string& pickle) {
-  caffe2::serialize::PyTorchStreamWriter writer(path);
-  writer.writeRecord("data.pkl", pickle.data(), pickle.size());
-  writer.writeRecord("byteorder", "little", 6);
-  writer.writeEndOfFile();
-}
-
 std::string repeat(const std::string& s, size_t n) {
   std::string out;
   out.reserve(s.size() * n);
@@ -38,7 +29,7 @@ std::string repeat(const std::string& s, size_t n) {
 
 std::string pickle_error(const std::string& pickle) {
   ScratchDir dir;
-  write_pickle_archive(dir / "bad.pt", pickle);
+  test::write_pickle_archive(dir / "bad.pt", pickle);
   return test::error_of<FormatError>([&] { read_torch_save(dir / "bad.pt"); });
 }
 
@@ -55,7 +46,7 @@ TEST(HostilePickles, DeepNestingIsRefusedNotAStackOverflow) {
   EXPECT_NE(message.find("nested more than 200 levels deep"), std::string::npos) << message;
   // 200 levels are fine (a state dict has three).
   ScratchDir dir;
-  write_pickle_archive(dir / "ok.pt", proto + repeat("]", 150) + repeat("a", 149) + ".");
+  test::write_pickle_archive(dir / "ok.pt", proto + repeat("]", 150) + repeat("a", 149) + ".");
   EXPECT_TRUE(read_torch_save(dir / "ok.pt").empty());
 }
 
@@ -128,13 +119,7 @@ TEST(ZipRecords, AFlippedByteInThePickleFailsItsCrc) {
 TEST(HostileYaml, AnAliasBombIsRefusedQuickly) {
   ScratchDir dir;
   // Nine levels of nine aliases: 9^9 = 387 million values from a file of 400 bytes.
-  std::string yaml = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n";
-  for (int i = 1; i <= 8; ++i) {
-    const std::string prev = "*a" + std::to_string(i - 1);
-    yaml += "a" + std::to_string(i) + ": &a" + std::to_string(i) + " [" + prev;
-    for (int k = 1; k < 9; ++k) yaml += ", " + prev;
-    yaml += "]\n";
-  }
+  const std::string yaml = test::yaml_alias_bomb();
   test::write_bytes(dir / "all_config.yaml", yaml);
   const auto message = test::error_of<FormatError>([&] { read_yaml_file(dir / "all_config.yaml"); });
   EXPECT_NE(message.find("all_config.yaml: YAML expands to more than 1000000 values"), std::string::npos) << message;

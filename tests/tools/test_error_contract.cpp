@@ -3,13 +3,13 @@
 // its class. (Errors found only after a model has loaded run with --log-level warn: at the default
 // level the tools log the load on stderr first.) This walks a table of bad inputs, built here, through every tool; each run is bounded
 // by `timeout`, so a hang fails the test instead of stalling it.
+#include "hostile_inputs.h"
 #include "test_util.h"
 
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
 #include <hrmclara/tensor_io.h>
 
-#include <caffe2/serialize/inline_container.h>
 #include <sys/stat.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -36,13 +36,6 @@ std::string expand(std::string s, const std::string& dir) {
   return s;
 }
 
-void write_pickle_archive(const std::string& path, const std::string& pickle) {
-  caffe2::serialize::PyTorchStreamWriter writer(path);
-  writer.writeRecord("data.pkl", pickle.data(), pickle.size());
-  writer.writeRecord("byteorder", "little", 6);
-  writer.writeEndOfFile();
-}
-
 void copy_into(const std::string& from_dir, const std::string& to_dir, const std::vector<std::string>& names) {
   make_directories(to_dir);
   for (const auto& n : names) test::write_bytes(to_dir + "/" + n, test::read_bytes(from_dir + "/" + n));
@@ -54,21 +47,15 @@ void build_inputs(const ScratchDir& d) {
   test::write_bytes(d / "garbage.pt", "not a zip at all");
   std::string deep = "\x80\x02";
   deep += std::string(50000, ']') + std::string(49999, 'a') + ".";
-  write_pickle_archive(d / "deep.pt", deep);
+  test::write_pickle_archive(d / "deep.pt", deep);
   ::mkfifo((d / "fifo").c_str(), 0600);
 
   // HRM checkpoints beside their all_config.yaml: a pickle that contains itself, an alias bomb, a
   // flipped byte, a NaN weight.
   copy_into(hrm, d / "hrm-selfref", {"all_config.yaml"});
-  write_pickle_archive(d / "hrm-selfref/step_0", std::string("\x80\x02]q\x00h\x00" "a.", 9));
+  test::write_pickle_archive(d / "hrm-selfref/step_0", std::string("\x80\x02]q\x00h\x00" "a.", 9));
   copy_into(hrm, d / "hrm-bomb", {"step_0"});
-  std::string yaml = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n";
-  for (int i = 1; i <= 8; ++i) {
-    const std::string prev = "*a" + std::to_string(i - 1);
-    yaml += "a" + std::to_string(i) + ": &a" + std::to_string(i) + " [" + prev;
-    for (int k = 1; k < 9; ++k) yaml += ", " + prev;
-    yaml += "]\n";
-  }
+  const std::string yaml = test::yaml_alias_bomb();
   test::write_bytes(d / "hrm-bomb/all_config.yaml", yaml);
   copy_into(hrm, d / "hrm-nan", {"all_config.yaml"});
   auto weights = read_torch_save(hrm + "/step_0");
