@@ -154,6 +154,12 @@ Json merge_config(const Json& schema, const Json& user, const std::string& where
 Json apply_overrides(const Json& config, const std::vector<std::string>& overrides) {
   Json out = config;
   for (const auto& item : overrides) {
+    // Keys and values become JSON strings, which must be UTF-8 (the run's config.json is written).
+    try {
+      (void)Json(item).dump();
+    } catch (const Json::exception&) {
+      throw UsageError("override '" + item.substr(0, item.find('=')) + "': not valid UTF-8");
+    }
     const auto eq = item.find('=');
     if (eq == std::string::npos || eq == 0)
       throw UsageError("expected key=value, got '" + item + "'");
@@ -163,11 +169,6 @@ Json apply_overrides(const Json& config, const std::vector<std::string>& overrid
       value = Json::parse(text);
     } catch (const Json::exception&) {
       value = text;  // a bare word: a string
-      try {
-        (void)value.dump();
-      } catch (const Json::exception&) {
-        throw UsageError("override '" + key + "': the value is not valid UTF-8");
-      }
     }
     // Build {"a":{"b":{"c":value}}} and merge it, so the same validation applies.
     Json nested = value;

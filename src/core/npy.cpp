@@ -230,11 +230,18 @@ std::string padded_header(const std::string& descr, const std::vector<int64_t>& 
 }  // namespace
 
 uint64_t checked_nbytes(const std::vector<int64_t>& shape, size_t item_size, const std::string& where) {
-  uint64_t n = item_size;
+  // `extent` leaves zero dimensions out: an empty (0, 2^62, 2^62) array holds no bytes, but the
+  // strides of its tensor would still overflow int64.
+  uint64_t n = item_size, extent = item_size;
   for (int64_t d : shape) {
     if (d < 0) throw FormatError(where + ": negative dimension in shape " + shape_text(shape));
-    if (d != 0 && n > std::numeric_limits<uint64_t>::max() / static_cast<uint64_t>(d))
+    if (d == 0) {
+      n = 0;
+      continue;
+    }
+    if (extent > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / static_cast<uint64_t>(d))
       throw FormatError(where + ": shape " + shape_text(shape) + " overflows");
+    extent *= static_cast<uint64_t>(d);
     n *= static_cast<uint64_t>(d);
   }
   return n;
