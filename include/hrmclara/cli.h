@@ -51,6 +51,10 @@ class ArgParser {
   std::vector<std::string> positionals_;
 };
 
+// For the trainers' --resume RUNDIR: checks that no --config, --out or key=value came with it (the
+// run goes on with its saved config) and that RUNDIR/config.json exists; returns that path.
+std::string resume_config_path(const ArgParser& args);
+
 // If argv holds --version, prints "<program>: <version_line()>" (with --verbose, the system report)
 // and returns true. ArgParser::parse calls it; tools with subcommands call it first.
 bool print_version_if_asked(const std::string& program, int argc, char** argv);

@@ -1,5 +1,6 @@
 #include <hrmclara/cli.h>
 #include <hrmclara/errors.h>
+#include <hrmclara/files.h>
 #include <hrmclara/info.h>
 #include <hrmclara/log.h>
 
@@ -37,6 +38,14 @@ ArgParser& ArgParser::common_options() {
   option("device", "auto|cpu|cuda|cuda:N|mps (auto: MPS, then CUDA, then CPU)", "auto");
   option("threads", "CPU threads (0: all cores)", "0");
   return *this;
+}
+
+std::string resume_config_path(const ArgParser& args) {
+  if (args.has("config") || args.has("out") || !args.positionals().empty())
+    throw UsageError("--resume continues a run with its saved config; it takes no --config, --out or key=value");
+  const std::string run_dir = args.get("resume"), saved = run_dir + "/config.json";
+  if (!file_exists(saved)) throw IoError(saved + ": missing (is " + run_dir + " a run directory?)");
+  return saved;
 }
 
 bool print_version_if_asked(const std::string& program, int argc, char** argv) {

@@ -59,11 +59,8 @@ int main(int argc, char** argv) {
     std::string run_dir;
     const bool resume = args.has("resume");
     if (resume) {
-      if (args.has("config") || args.has("out") || !args.positionals().empty())
-        throw UsageError("--resume continues a run with its saved config; it takes no --config, --out or key=value");
       run_dir = args.get("resume");
-      const std::string saved = run_dir + "/config.json";
-      if (!file_exists(saved)) throw IoError(saved + ": missing (is " + run_dir + " a run directory?)");
+      const std::string saved = resume_config_path(args);
       config = validated_clara_train_config(read_json_file(saved), saved);
     } else {
       Json user = args.has("config") ? read_json_file(args.get("config")) : Json::object();

@@ -65,11 +65,8 @@ int main(int argc, char** argv) {
     std::string run_dir;
     const bool resume = args.has("resume");
     if (resume) {
-      if (args.has("config") || !args.positionals().empty() || args.has("out"))
-        throw UsageError("--resume continues a run with its saved config; it takes no --config, --out or key=value");
       run_dir = args.get("resume");
-      const std::string saved = run_dir + "/config.json";
-      if (!file_exists(saved)) throw IoError(saved + ": missing (is " + run_dir + " a run directory?)");
+      const std::string saved = resume_config_path(args);
       config = hrm::validated_train_config(read_json_file(saved), saved);
     } else {
       const std::string source = args.has("config") ? args.get("config") : "the embedded preset (models/hrm/sudoku-2core.json)";
