@@ -1,4 +1,4 @@
-// hrm::PuzzleDataset (src/hrm/dataset.cpp): a split directory in upstream's layout, then what the
+// puzzles::PuzzleDataset (src/puzzles/dataset.cpp): a split directory in upstream's layout, then what the
 // trainer does with it (gather, TrainSampler, sequential_batches). The input is several files
 // (fuzz_common.h's split_parts):
 //   dataset.json, then all__{inputs,labels,puzzle_identifiers,puzzle_indices,group_indices}.npy,
@@ -31,15 +31,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (const char* array : kArrays) write_part(parts, i++, g_dir + "/" + set + "__" + array + ".npy");
 
   expect_typed_errors("PuzzleDataset", [&] {
-    hrmclara::hrm::PuzzleDataset ds(g_dir);
+    hrmclara::puzzles::PuzzleDataset ds(g_dir);
     const int64_t n = ds.num_examples();
     (void)ds.num_groups();
     (void)ds.metadata().to_json();
     // The test order, and the batches it gives (bounded: a big dataset is not more interesting).
-    const auto batches = hrmclara::hrm::sequential_batches(ds, 4);
+    const auto batches = hrmclara::puzzles::sequential_batches(ds, 4);
     for (size_t b = 0; b < batches.size() && b < 8; ++b) (void)ds.gather(batches[b], 4);
     // The training order of the first two iterations.
-    hrmclara::hrm::TrainSampler sampler(ds, 4, 2, 1234);
+    hrmclara::puzzles::TrainSampler sampler(ds, 4, 2, 1234);
     for (int64_t it = 0; it < 2; ++it) {
       const int64_t count = sampler.batches_in_iteration(it);
       for (int64_t b = 0; b < count && b < 8; ++b) {

@@ -29,7 +29,7 @@ MUTATIONS = [
      '    const auto* entry = find_dtype(t.scalar_type());\n',
      "core_tests", "Safetensors.RoundTripsEveryDtypeAndMetadata"),
     # A null ignore_label_id keeps label 0 as a class.
-    ("label 0 ignored although ignore_label_id is null", "src/hrm/dataset.cpp",
+    ("label 0 ignored although ignore_label_id is null", "src/puzzles/dataset.cpp",
      "if (meta_.ignore_label_id) all_lab.masked_fill_(all_lab.eq(*meta_.ignore_label_id), kIgnoreLabel);",
      "all_lab.masked_fill_(all_lab.eq(meta_.ignore_label_id.value_or(0)), kIgnoreLabel);",
      "hrm_tests", "PuzzleDataset.NullIgnoreLabelKeepsEveryLabel"),
@@ -89,7 +89,7 @@ MUTATIONS = [
      "    tree.add(name, t);", "    tree.add(name, t.to(at::kFloat));",
      "core_tests", "TensorArchive.PythonReadsOurArchive"),
     # ARC: the halting confidence must rank equal votes.
-    ("ARC votes ranked by lowest q", "src/hrm/arc_score.cpp",
+    ("ARC votes ranked by lowest q", "src/puzzles/arc_score.cpp",
      "return a.q_sum / static_cast<double>(a.votes) > b.q_sum / static_cast<double>(b.votes);",
      "return a.q_sum / static_cast<double>(a.votes) < b.q_sum / static_cast<double>(b.votes);",
      "hrm_tests", "HrmTools.ArcRunIsScoredByVotingBackToTasks"),

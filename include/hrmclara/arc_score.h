@@ -26,7 +26,7 @@
 #include <unordered_map>
 #include <vector>
 
-namespace hrmclara::hrm {
+namespace hrmclara::puzzles {
 
 constexpr int kArcGridSize = 30;  // sequences are 30 x 30 = 900 tokens
 constexpr int kArcPad = 0, kArcEos = 1, kArcColourOffset = 2;
@@ -147,4 +147,4 @@ std::map<std::string, std::vector<Grid>> load_arc_test_labels(const std::string&
 // identifiers.json as a vector (index = identifier id). Throws IoError / FormatError naming it.
 std::vector<std::string> load_identifiers(const std::string& path);
 
-}  // namespace hrmclara::hrm
+}  // namespace hrmclara::puzzles

@@ -7,6 +7,8 @@
 #pragma once
 
 #include <hrmclara/config.h>
+#include <hrmclara/puzzle_dataset.h>
+#include <hrmclara/reasoning_layers.h>
 #include <hrmclara/tensor_io.h>
 
 #include <c10/core/Device.h>
@@ -20,8 +22,6 @@
 #include <vector>
 
 namespace hrmclara::hrm {
-
-inline constexpr int64_t kIgnoreLabel = -100;
 
 struct HrmConfig {
   // Data-dependent fields (upstream injects them from dataset.json and the batch size).
@@ -61,12 +61,9 @@ struct HrmConfig {
 // "bfloat16", "float32" or "float64"; float16 is a ConfigError (HRM's reference has no f16 path).
 std::string resolve_forward_dtype(const std::string& spec, const c10::Device& device, const std::string& declared);
 
-// One batch: int32 tensors inputs [B, S], labels [B, S] (ignore = -100), puzzle_identifiers [B].
-struct Batch {
-  torch::Tensor inputs, labels, puzzle_identifiers;
-  Batch to(const torch::Device& device) const;
-  int64_t size() const { return inputs.size(0); }
-};
+// Batches come from the shared puzzle datasets (puzzle_dataset.h).
+using puzzles::Batch;
+using puzzles::kIgnoreLabel;
 
 // The ACT carry: recurrent states, step counts, halted flags and the example each row works on.
 struct Carry {
@@ -83,76 +80,18 @@ struct Outputs {
   torch::Tensor target_q_continue;  // f32 [B], training with halt_max_steps > 1 only
 };
 
-class CastedLinearImpl : public torch::nn::Module {
- public:
-  CastedLinearImpl(int64_t in, int64_t out, bool bias);
-  torch::Tensor forward(const torch::Tensor& x);
-  torch::Tensor weight, bias;
-};
-TORCH_MODULE(CastedLinear);
-
-class CastedEmbeddingImpl : public torch::nn::Module {
- public:
-  CastedEmbeddingImpl(int64_t num, int64_t dim, double init_std);
-  torch::Tensor forward(const torch::Tensor& ids, torch::Dtype dtype);
-  torch::Tensor embedding_weight;
-};
-TORCH_MODULE(CastedEmbedding);
-
-// The sparse puzzle embedding: a persistent buffer `weights` trained by SignSGD, and per-batch
-// rows `local_weights` (not in the state dict) that receive the gradient in training.
-class SparseEmbeddingImpl : public torch::nn::Module {
- public:
-  SparseEmbeddingImpl(int64_t num, int64_t dim, int64_t batch_size, double init_std);
-  torch::Tensor forward(const torch::Tensor& ids, torch::Dtype dtype);
-  torch::Tensor weights;        // buffer [N, d]
-  torch::Tensor local_weights;  // [B, d], requires grad
-  torch::Tensor local_ids;      // int32 [B]
-  // Re-creates the local rows on the device of `weights` (call after moving the model).
-  void sync_device();
-};
-TORCH_MODULE(SparseEmbedding);
-
-// kExact: softmax(q k^T / sqrt d) v with an f32 softmax, as the reference (the default);
-// kSdpa: LibTorch's scaled_dot_product_attention (a blocked kernel; not bit-compatible).
-enum class AttentionKernel { kExact, kSdpa };
-void set_attention_kernel(AttentionKernel kernel);
-
-class AttentionImpl : public torch::nn::Module {
- public:
-  AttentionImpl(int64_t hidden, int64_t heads);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
-  int64_t heads, head_dim;
-  CastedLinear qkv_proj{nullptr}, o_proj{nullptr};
-};
-TORCH_MODULE(Attention);
-
-class SwiGLUImpl : public torch::nn::Module {
- public:
-  SwiGLUImpl(int64_t hidden, int64_t intermediate);
-  torch::Tensor forward(const torch::Tensor& x);
-  CastedLinear gate_up_proj{nullptr}, down_proj{nullptr};
-};
-TORCH_MODULE(SwiGLU);
-
-class BlockImpl : public torch::nn::Module {
- public:
-  explicit BlockImpl(const HrmConfig& config);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
-  double eps;
-  Attention self_attn{nullptr};
-  SwiGLU mlp{nullptr};
-};
-TORCH_MODULE(Block);
-
-class ReasoningModuleImpl : public torch::nn::Module {
- public:
-  ReasoningModuleImpl(const HrmConfig& config, int64_t layers);
-  torch::Tensor forward(const torch::Tensor& z, const torch::Tensor& injection, const torch::Tensor& cos,
-                        const torch::Tensor& sin);
-  torch::nn::ModuleList layers;
-};
-TORCH_MODULE(ReasoningModule);
+// The layers (CastedLinear, Attention, SwiGLU, Block, ReasoningModule, ...) are shared with TRM:
+// reasoning_layers.h.
+using nn::AttentionKernel;
+using nn::Block;
+using nn::BlockImpl;
+using nn::CastedEmbedding;
+using nn::CastedLinear;
+using nn::CastedLinearImpl;
+using nn::ReasoningModule;
+using nn::ReasoningModuleImpl;
+using nn::SparseEmbedding;
+using nn::set_attention_kernel;
 
 // The network (upstream's HierarchicalReasoningModel_ACTV1_Inner) plus the ACT logic of its wrapper.
 class HrmModelImpl : public torch::nn::Module {

@@ -15,6 +15,12 @@
 
 namespace hrmclara::hrm {
 
+// HRM trains on the shared puzzle datasets.
+using puzzles::PuzzleDataset;
+using puzzles::SamplerPosition;
+using puzzles::TrainSampler;
+using puzzles::sequential_batches;
+
 // Every key a training config may hold, with upstream's defaults (config/cfg_pretrain.yaml and
 // config/arch/hrm_v1.yaml) where upstream has the key. Our additions:
 //   eval_batch_size (0: global_batch_size), eval_max_examples (0: the whole test split),

@@ -30,7 +30,7 @@
 #include <string>
 #include <vector>
 
-namespace hrmclara::hrm {
+namespace hrmclara::puzzles {
 
 // ---- random helpers (portable: only mt19937_64's raw output is used) ------------------------
 
@@ -190,4 +190,4 @@ struct ArcBuildOptions {
 };
 BuildSummary build_arc_dataset(const std::string& out_dir, const ArcBuildOptions& options);
 
-}  // namespace hrmclara::hrm
+}  // namespace hrmclara::puzzles

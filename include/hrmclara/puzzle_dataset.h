@@ -1,4 +1,4 @@
-// HRM puzzle datasets in upstream's on-disk layout (sapientinc/HRM dataset/common.py):
+// Puzzle datasets (HRM and TRM) in upstream's on-disk layout (sapientinc/HRM dataset/common.py):
 //   <split>/dataset.json and <split>/<set>__{inputs,labels,puzzle_identifiers,puzzle_indices,
 //   group_indices}.npy
 // and the two ways upstream walks them (puzzle_dataset.py): training batches sampled by groups
@@ -10,14 +10,24 @@
 #pragma once
 
 #include <hrmclara/config.h>
-#include <hrmclara/hrm.h>
+
+#include <torch/types.h>
 
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
-namespace hrmclara::hrm {
+namespace hrmclara::puzzles {
+
+inline constexpr int64_t kIgnoreLabel = -100;
+
+// One batch: int32 tensors inputs [B, S], labels [B, S] (ignore = -100), puzzle_identifiers [B].
+struct Batch {
+  torch::Tensor inputs, labels, puzzle_identifiers;
+  Batch to(const torch::Device& device) const;
+  int64_t size() const { return inputs.size(0); }
+};
 
 struct PuzzleMetadata {
   int64_t pad_id = 0;
@@ -103,4 +113,4 @@ class TrainSampler {
 // The test split in file order, `batch_size` examples at a time; the last batch is padded.
 std::vector<std::vector<int64_t>> sequential_batches(const PuzzleDataset& data, int64_t batch_size);
 
-}  // namespace hrmclara::hrm
+}  // namespace hrmclara::puzzles

@@ -6,6 +6,8 @@
 
 #include "nn/transformer_ops.h"
 
+#include <hrmclara/reasoning_layers.h>
+
 #include <torch/torch.h>
 
 #include <cfenv>
@@ -14,16 +16,16 @@
 namespace hrmclara::hrm {
 
 namespace F = torch::nn::functional;
+using nn::trunc_normal_;
+
+namespace {
+// The precision the Q head's output is returned in: float32, or the activations' own when wider.
+torch::Dtype compute_dtype(torch::Dtype activations) { return torch::promote_types(activations, torch::kFloat); }
+}  // namespace
 
 // ---- config ----------------------------------------------------------------------------------
 
-int64_t HrmConfig::intermediate_size() const {
-  // upstream: _find_multiple(round(expansion * hidden * 2 / 3), 256); Python's round is
-  // half-to-even, which nearbyint gives in the default rounding mode.
-  const double raw = std::nearbyint(expansion * static_cast<double>(hidden_size) * 2.0 / 3.0);
-  const int64_t n = static_cast<int64_t>(raw);
-  return (n + 255) / 256 * 256;
-}
+int64_t HrmConfig::intermediate_size() const { return nn::swiglu_width(hidden_size, expansion); }
 
 torch::Dtype HrmConfig::dtype() const {
   if (forward_dtype == "float32") return torch::kFloat;
@@ -109,196 +111,6 @@ void HrmConfig::validate() const {
   require(expansion > 0 && rms_norm_eps > 0 && rope_theta > 0, "expansion, rms_norm_eps and rope_theta must be positive");
 }
 
-Batch Batch::to(const torch::Device& device) const {
-  return Batch{inputs.to(device), labels.to(device), puzzle_identifiers.to(device)};
-}
-
-// ---- initialisation ----------------------------------------------------------------------------
-
-namespace {
-
-// JAX-style truncated normal: the result's actual std equals `std` (truncation at +-2 in units of
-// the underlying normal's std, which is std * 1.1368...).
-void trunc_normal_(torch::Tensor t, double std, double lower = -2.0, double upper = 2.0) {
-  torch::NoGradGuard no_grad;
-  if (std == 0.0) {
-    t.zero_();
-    return;
-  }
-  const double sqrt2 = std::sqrt(2.0);
-  const double a = std::erf(lower / sqrt2), b = std::erf(upper / sqrt2);
-  const double z = (b - a) / 2.0;
-  const double c = 1.0 / std::sqrt(2.0 * M_PI);
-  const double pdf_u = c * std::exp(-0.5 * lower * lower), pdf_l = c * std::exp(-0.5 * upper * upper);
-  const double comp_std =
-      std / std::sqrt(1.0 - (upper * pdf_u - lower * pdf_l) / z - std::pow((pdf_u - pdf_l) / z, 2.0));
-  t.uniform_(a, b).erfinv_().mul_(sqrt2 * comp_std).clamp_(lower * comp_std, upper * comp_std);
-}
-
-// The precision element-wise reductions run in: float32, or the activations' own when wider
-// (float64, the verification dtype).
-torch::Dtype compute_dtype(torch::Dtype activations) { return torch::promote_types(activations, torch::kFloat); }
-
-torch::Tensor rms_norm(const torch::Tensor& x, double eps) {
-  const auto in_dtype = x.scalar_type();
-  const auto h = x.to(compute_dtype(in_dtype));
-  return (h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps)).to(in_dtype);
-}
-
-// rms_norm for a tensor nobody else holds, without autograd: f32 in place, other dtypes as above.
-torch::Tensor rms_norm_inplace(torch::Tensor x, double eps) {
-  if (x.scalar_type() != compute_dtype(x.scalar_type())) return rms_norm(x, eps);
-  const auto scale = torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return x.mul_(scale);
-}
-
-// NeoX rotate_half on the last dimension.
-torch::Tensor rotate_half(const torch::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-}
-
-}  // namespace
-
-// ---- layers ----------------------------------------------------------------------------------
-
-namespace {
-AttentionKernel g_attention_kernel = AttentionKernel::kExact;
-}  // namespace
-
-void set_attention_kernel(AttentionKernel kernel) { g_attention_kernel = kernel; }
-
-CastedLinearImpl::CastedLinearImpl(int64_t in, int64_t out, bool with_bias) {
-  weight = register_parameter("weight", torch::empty({out, in}));
-  trunc_normal_(weight, 1.0 / std::sqrt(static_cast<double>(in)));
-  if (with_bias) bias = register_parameter("bias", torch::zeros({out}));
-}
-
-torch::Tensor CastedLinearImpl::forward(const torch::Tensor& x) {
-  const auto dtype = x.scalar_type();
-  return F::linear(x, weight.to(dtype), bias.defined() ? bias.to(dtype) : torch::Tensor());
-}
-
-CastedEmbeddingImpl::CastedEmbeddingImpl(int64_t num, int64_t dim, double init_std) {
-  embedding_weight = register_parameter("embedding_weight", torch::empty({num, dim}));
-  trunc_normal_(embedding_weight, init_std);
-}
-
-torch::Tensor CastedEmbeddingImpl::forward(const torch::Tensor& ids, torch::Dtype dtype) {
-  return F::embedding(ids.to(torch::kLong), embedding_weight.to(dtype));
-}
-
-SparseEmbeddingImpl::SparseEmbeddingImpl(int64_t num, int64_t dim, int64_t batch_size, double init_std) {
-  weights = register_buffer("weights", torch::empty({num, dim}));
-  trunc_normal_(weights, init_std);
-  // Not registered: like upstream's non-persistent buffers, they are not part of the state dict.
-  local_weights = torch::zeros({batch_size, dim}).requires_grad_(true);
-  local_ids = torch::zeros({batch_size}, torch::kInt);
-}
-
-torch::Tensor SparseEmbeddingImpl::forward(const torch::Tensor& ids, torch::Dtype dtype) {
-  if (!is_training()) return weights.index_select(0, ids.to(torch::kLong)).to(dtype);
-  if (local_weights.device() != weights.device()) sync_device();
-  if (ids.size(0) != local_weights.size(0))
-    throw ShapeError("puzzle embedding: batch of " + std::to_string(ids.size(0)) + " rows, model built for batch_size " +
-                     std::to_string(local_weights.size(0)));
-  {
-    torch::NoGradGuard no_grad;
-    local_weights.copy_(weights.index_select(0, ids.to(torch::kLong)));
-    local_ids.copy_(ids);
-  }
-  return local_weights.to(dtype);
-}
-
-void SparseEmbeddingImpl::sync_device() {
-  local_weights = torch::zeros(local_weights.sizes(), weights.options()).requires_grad_(true);
-  local_ids = local_ids.to(weights.device());
-}
-
-AttentionImpl::AttentionImpl(int64_t hidden, int64_t n_heads) : heads(n_heads), head_dim(hidden / n_heads) {
-  qkv_proj = register_module("qkv_proj", CastedLinear(hidden, 3 * hidden, false));
-  o_proj = register_module("o_proj", CastedLinear(hidden, hidden, false));
-}
-
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  const int64_t B = x.size(0), L = x.size(1);
-  // Rows [0, D) of qkv_proj are Q, [D, 2D) K, [2D, 3D) V, head-major within each.
-  auto qkv = qkv_proj(x).view({B, L, 3 * heads, head_dim});
-  auto q = qkv.narrow(2, 0, heads), k = qkv.narrow(2, heads, heads), v = qkv.narrow(2, 2 * heads, heads);
-  if (cos.defined()) {
-    // RoPE in f32 (the tables' dtype; float64 activations keep float64), back to the activation dtype.
-    const auto dtype = q.scalar_type(), rope_dtype = compute_dtype(dtype);
-    const auto c = cos.unsqueeze(-2).to(rope_dtype), s = sin.unsqueeze(-2).to(rope_dtype);
-    auto qf = q.to(rope_dtype), kf = k.to(rope_dtype);
-    if (!torch::GradMode::is_enabled()) {
-      q = (qf * c).add_(rotate_half(qf).mul_(s)).to(dtype);
-      k = (kf * c).add_(rotate_half(kf).mul_(s)).to(dtype);
-    } else {
-      q = (qf * c + rotate_half(qf) * s).to(dtype);
-      k = (kf * c + rotate_half(kf) * s).to(dtype);
-    }
-  }
-  // Non-causal attention, scale 1/sqrt(head_dim); [B, heads, L, hd] for SDPA.
-  auto qt = q.transpose(1, 2), kt = k.transpose(1, 2), vt = v.transpose(1, 2);
-  torch::Tensor out;
-  if (g_attention_kernel == AttentionKernel::kSdpa) {
-    out = at::scaled_dot_product_attention(qt, kt, vt);
-  } else {
-    // softmax(q k^T / sqrt(d)) v with the softmax in f32: the reference's order of operations.
-    // LibTorch's CPU SDPA kernel blocks the softmax differently, which compounds to 3e-5 relative
-    // over four ACT steps; this stays under 1e-5.
-    auto scores = torch::matmul(qt, kt.transpose(-1, -2));
-    const double scale = std::sqrt(static_cast<double>(head_dim));
-    scores = torch::GradMode::is_enabled() ? scores / scale : scores.div_(scale);
-    out = torch::matmul(torch::softmax(scores.to(compute_dtype(scores.scalar_type())), -1).to(vt.scalar_type()), vt);
-  }
-  return o_proj(out.transpose(1, 2).reshape({B, L, heads * head_dim}));
-}
-
-SwiGLUImpl::SwiGLUImpl(int64_t hidden, int64_t intermediate) {
-  gate_up_proj = register_module("gate_up_proj", CastedLinear(hidden, 2 * intermediate, false));
-  down_proj = register_module("down_proj", CastedLinear(intermediate, hidden, false));
-}
-
-torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
-  auto gate_up = gate_up_proj(x).chunk(2, -1);
-  if (!torch::GradMode::is_enabled()) {
-    // Without autograd (most of the recurrence) the same operations run in place: no new
-    // intermediate-sized tensors, identical bits.
-    auto gate = gate_up[0];
-    torch::silu_(gate);
-    return down_proj(gate.mul_(gate_up[1]));
-  }
-  return down_proj(F::silu(gate_up[0]) * gate_up[1]);
-}
-
-BlockImpl::BlockImpl(const HrmConfig& c) : eps(c.rms_norm_eps) {
-  self_attn = register_module("self_attn", Attention(c.hidden_size, c.num_heads));
-  mlp = register_module("mlp", SwiGLU(c.hidden_size, c.intermediate_size()));
-}
-
-torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  // Post-norm, as upstream.
-  if (!torch::GradMode::is_enabled()) {
-    // In place on the fresh sublayer outputs (a + x is x + a bit for bit).
-    auto h = rms_norm_inplace(self_attn(x, cos, sin).add_(x), eps);
-    return rms_norm_inplace(mlp(h).add_(h), eps);
-  }
-  auto h = rms_norm(x + self_attn(x, cos, sin), eps);
-  return rms_norm(h + mlp(h), eps);
-}
-
-ReasoningModuleImpl::ReasoningModuleImpl(const HrmConfig& c, int64_t n_layers) {
-  layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < n_layers; ++i) layers->push_back(Block(c));
-}
-
-torch::Tensor ReasoningModuleImpl::forward(const torch::Tensor& z, const torch::Tensor& injection,
-                                           const torch::Tensor& cos, const torch::Tensor& sin) {
-  auto h = z + injection;
-  for (const auto& layer : *layers) h = layer->as<BlockImpl>()->forward(h, cos, sin);
-  return h;
-}
 
 // ---- the model -------------------------------------------------------------------------------
 
@@ -328,8 +140,9 @@ HrmModelImpl::HrmModelImpl(HrmConfig config) : config_(std::move(config)) {
     cos_ = emb.cos();
     sin_ = emb.sin();
   }
-  H_level = register_module("H_level", ReasoningModule(c, c.H_layers));
-  L_level = register_module("L_level", ReasoningModule(c, c.L_layers));
+  nn::BlockOptions block{c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps, 0};
+  H_level = register_module("H_level", ReasoningModule(block, c.H_layers));
+  L_level = register_module("L_level", ReasoningModule(block, c.L_layers));
   reset_parameters(0);
 }
 

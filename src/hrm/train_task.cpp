@@ -100,14 +100,14 @@ Json prepare_dataset(Json config) {
     // Built in a temp directory and renamed, so an interrupted generation is never mistaken for a dataset.
     const std::string tmp = dir + ".tmp-" + std::to_string(::getpid());
     remove_tree(tmp);
-    SudokuGenOptions opt;
+    puzzles::SudokuGenOptions opt;
     opt.train = g["train"].get<int64_t>();
     opt.test = g["test"].get<int64_t>();
     opt.clues_min = g["clues_min"].get<int>();
     opt.clues_max = g["clues_max"].get<int>();
     opt.num_aug = g["num_aug"].get<int>();
     opt.seed = g["seed"].get<uint64_t>();
-    generate_sudoku_dataset(tmp, opt);
+    puzzles::generate_sudoku_dataset(tmp, opt);
     remove_tree(dir);
     rename_path(tmp, dir);
     log_info("generated in " +

@@ -13,7 +13,7 @@
 #include <vector>
 
 using namespace hrmclara;
-using namespace hrmclara::hrm;
+using namespace hrmclara::puzzles;
 
 namespace {
 

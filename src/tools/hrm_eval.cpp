@@ -46,12 +46,12 @@ RunRecord read_run_record(const std::string& checkpoint) {
 
 // pass@1 and pass@2 of ARC predictions (one row per example of `split`, in file order): each
 // augmented prediction is mapped back onto its task and the candidates voted (arc_eval.ipynb).
-void add_arc_scores(Json& line, const hrm::PuzzleDataset& dataset, const std::string& split, const torch::Tensor& predictions,
+void add_arc_scores(Json& line, const puzzles::PuzzleDataset& dataset, const std::string& split, const torch::Tensor& predictions,
                     const torch::Tensor& q_halt_logits) {
   const std::string data_dir = parent_directory(split);
-  const auto names = hrm::load_identifiers(data_dir + "/identifiers.json");
-  hrm::ArcScorer scorer;
-  scorer.set_all_labels(hrm::load_arc_test_labels(data_dir));
+  const auto names = puzzles::load_identifiers(data_dir + "/identifiers.json");
+  puzzles::ArcScorer scorer;
+  scorer.set_all_labels(puzzles::load_arc_test_labels(data_dir));
   const auto preds = predictions.to(torch::kInt).contiguous();
   const auto q = q_halt_logits.to(torch::kDouble).contiguous();
   const int64_t n = preds.size(0);
@@ -74,7 +74,7 @@ void add_arc_scores(Json& line, const hrm::PuzzleDataset& dataset, const std::st
 // Scores saved predictions (hrm_eval --out, or any safetensors with int predictions [N, S] and
 // q_halt_logits [N], one row per example of the split in file order) without running a model:
 // exact_accuracy and accuracy against the split's labels, count.
-Json score_saved_predictions(const std::string& path, const hrm::PuzzleDataset& dataset) {
+Json score_saved_predictions(const std::string& path, const puzzles::PuzzleDataset& dataset) {
   std::map<std::string, torch::Tensor> t;
   for (auto& [k, v] : read_safetensors(path)) t[k] = v;
   if (!t.count("predictions")) throw FormatError(path + ": missing tensor 'predictions'");
@@ -94,7 +94,7 @@ Json score_saved_predictions(const std::string& path, const hrm::PuzzleDataset& 
     for (int64_t i = start; i < std::min(n, start + chunk); ++i) ids.push_back(i);
     const auto labels = dataset.gather(ids, static_cast<int64_t>(ids.size())).labels;
     const auto p = preds.narrow(0, start, static_cast<int64_t>(ids.size())).to(torch::kInt);
-    const auto mask = labels != hrm::kIgnoreLabel;
+    const auto mask = labels != puzzles::kIgnoreLabel;
     const auto counts = mask.sum(-1);
     const auto correct = (mask & (p == labels)).sum(-1);
     exact += (correct == counts).sum().item<double>();
@@ -123,14 +123,14 @@ int main(int argc, char** argv) {
         .common_options();
     if (!args.parse(argc, argv, 0)) return 0;
     auto split_of = [](const std::string& data) { return file_exists(data + "/dataset.json") ? data : data + "/test"; };
-    auto is_arc = [](const std::string& split, const hrm::PuzzleDataset& d) {
+    auto is_arc = [](const std::string& split, const puzzles::PuzzleDataset& d) {
       return file_exists(parent_directory(split) + "/identifiers.json") && d.metadata().vocab_size == 12 &&
              d.metadata().seq_len == 900;
     };
     if (args.has("predictions")) {
       if (args.has("checkpoint")) throw UsageError("give --checkpoint or --predictions, not both");
       const std::string split = split_of(args.require("data"));
-      const hrm::PuzzleDataset dataset(split);
+      const puzzles::PuzzleDataset dataset(split);
       Json line = score_saved_predictions(args.get("predictions"), dataset);
       if (is_arc(split, dataset)) {
         std::map<std::string, torch::Tensor> t;
@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
       if (data.empty()) throw UsageError("the checkpoint does not say which data it was trained on: pass --data DIR");
     }
     const std::string split = split_of(data);
-    const hrm::PuzzleDataset dataset(split);
+    const puzzles::PuzzleDataset dataset(split);
 
     int64_t batch = args.get_int("batch-size");
     if (batch <= 0) batch = run.eval_batch_size > 0 ? run.eval_batch_size : 256;

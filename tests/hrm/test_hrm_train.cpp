@@ -25,6 +25,7 @@
 namespace hrmclara::hrm {
 namespace {
 
+using namespace hrmclara::puzzles;
 using test::fixture;
 using test::run_command;
 using test::ScratchDir;

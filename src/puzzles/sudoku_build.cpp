@@ -1,6 +1,6 @@
 // Sudoku: bitmask solver, generator, upstream's shuffle augmentation, and the two builders (from
 // upstream's CSV, and from our generator).
-#include "puzzle_build_internal.h"
+#include "build_internal.h"
 
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
@@ -12,7 +12,7 @@
 #include <tuple>
 #include <unordered_set>
 
-namespace hrmclara::hrm {
+namespace hrmclara::puzzles {
 
 namespace {
 
@@ -428,4 +428,4 @@ BuildSummary sudoku_generate(const std::string& out_dir, int64_t n_train, int64_
   return generate_sudoku_dataset(out_dir, o);
 }
 
-}  // namespace hrmclara::hrm
+}  // namespace hrmclara::puzzles

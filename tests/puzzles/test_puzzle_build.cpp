@@ -14,7 +14,7 @@
 
 #include "test_util.h"
 
-namespace hrmclara::hrm {
+namespace hrmclara::puzzles {
 namespace {
 
 using test::fixture;
@@ -666,4 +666,4 @@ TEST(PuzzleTool, HrmDataEndToEnd) {
 }
 
 }  // namespace
-}  // namespace hrmclara::hrm
+}  // namespace hrmclara::puzzles

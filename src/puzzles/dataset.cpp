@@ -10,7 +10,7 @@
 #include <numeric>
 #include <random>
 
-namespace hrmclara::hrm {
+namespace hrmclara::puzzles {
 
 namespace {
 
@@ -176,6 +176,10 @@ int64_t PuzzleDataset::num_groups() const {
   return n;
 }
 
+Batch Batch::to(const torch::Device& device) const {
+  return Batch{inputs.to(device), labels.to(device), puzzle_identifiers.to(device)};
+}
+
 Batch PuzzleDataset::gather(const std::vector<int64_t>& example_ids, int64_t batch_size) const {
   const int64_t n = static_cast<int64_t>(example_ids.size()), S = meta_.seq_len;
   if (n > batch_size) throw ShapeError(dir_ + ": " + std::to_string(n) + " examples do not fit a batch of " + std::to_string(batch_size));
@@ -269,4 +273,4 @@ std::vector<std::vector<int64_t>> sequential_batches(const PuzzleDataset& data, 
   return out;
 }
 
-}  // namespace hrmclara::hrm
+}  // namespace hrmclara::puzzles

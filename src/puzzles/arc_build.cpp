@@ -1,5 +1,5 @@
 // ARC from task JSON files (build_arc_dataset.py).
-#include "puzzle_build_internal.h"
+#include "build_internal.h"
 
 #include <hrmclara/arc_score.h>
 #include <hrmclara/cli.h>
@@ -15,7 +15,7 @@
 #include <map>
 #include <unordered_set>
 
-namespace hrmclara::hrm {
+namespace hrmclara::puzzles {
 
 namespace {
 
@@ -268,4 +268,4 @@ BuildSummary build_arc_dataset(const std::string& out_dir, const ArcBuildOptions
   return summary;
 }
 
-}  // namespace hrmclara::hrm
+}  // namespace hrmclara::puzzles

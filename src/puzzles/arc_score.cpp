@@ -9,7 +9,7 @@
 #include <algorithm>
 #include <cmath>
 
-namespace hrmclara::hrm {
+namespace hrmclara::puzzles {
 
 // ---- names -----------------------------------------------------------------------------------
 
@@ -226,4 +226,4 @@ std::map<std::string, std::vector<Grid>> load_arc_test_labels(const std::string&
   return out;
 }
 
-}  // namespace hrmclara::hrm
+}  // namespace hrmclara::puzzles

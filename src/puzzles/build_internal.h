@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-namespace hrmclara::hrm::detail {
+namespace hrmclara::puzzles::detail {
 
 // A character for an error message: 'c' when printable, else \xNN.
 std::string describe_char(char c);
@@ -54,4 +54,4 @@ void write_identifiers(const std::string& out_dir, const std::vector<std::string
 // Parses a non-negative decimal integer field; FormatError "<where>: <what> '<text>' is not an integer".
 int64_t parse_int_field(const std::string& text, const std::string& where, const std::string& what);
 
-}  // namespace hrmclara::hrm::detail
+}  // namespace hrmclara::puzzles::detail

@@ -1,5 +1,5 @@
 // Maze from upstream's CSV (build_maze_dataset.py).
-#include "puzzle_build_internal.h"
+#include "build_internal.h"
 
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <cstring>
 
-namespace hrmclara::hrm {
+namespace hrmclara::puzzles {
 
 namespace {
 
@@ -88,4 +88,4 @@ BuildSummary build_maze_dataset(const std::string& out_dir, const MazeCsvOptions
   return summary;
 }
 
-}  // namespace hrmclara::hrm
+}  // namespace hrmclara::puzzles

@@ -1,6 +1,6 @@
 // What the puzzle builders share: portable random helpers, dihedral transforms, the CSV reader,
 // and the writer of upstream's split layout.
-#include "puzzle_build_internal.h"
+#include "build_internal.h"
 
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
@@ -13,7 +13,7 @@
 #include <fstream>
 #include <limits>
 
-namespace hrmclara::hrm {
+namespace hrmclara::puzzles {
 
 uint64_t rand_below(std::mt19937_64& rng, uint64_t n) {
   if (n == 0) throw UsageError("rand_below: empty range");
@@ -211,4 +211,4 @@ SplitSummary SplitWriter::finish(int64_t vocab_size, int64_t num_puzzle_identifi
 }
 
 }  // namespace detail
-}  // namespace hrmclara::hrm
+}  // namespace hrmclara::puzzles
