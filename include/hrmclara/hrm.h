@@ -23,7 +23,15 @@
 
 namespace hrmclara::hrm {
 
+// arch.name values: upstream HRM's and upstream TRM's model classes ("hrm" and "trm" are accepted
+// as short forms and stored as these).
+inline constexpr const char* kHrmArchName = "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1";
+inline constexpr const char* kTrmArchName = "recursive_reasoning.trm@TinyRecursiveReasoningModel_ACTV1";
+
+// The config of both recurrent puzzle models: HRM (two modules, H and L) and TRM (one network that
+// updates a latent z_L and an answer state z_H). `name` selects the model.
 struct HrmConfig {
+  std::string name = kHrmArchName;
   // Data-dependent fields (upstream injects them from dataset.json and the batch size).
   int64_t batch_size = 0;
   int64_t seq_len = 0;
@@ -34,7 +42,7 @@ struct HrmConfig {
   int64_t H_cycles = 2, L_cycles = 2, H_layers = 4, L_layers = 4;
   int64_t hidden_size = 512, num_heads = 8;
   double expansion = 4.0;
-  std::string pos_encodings = "rope";  // rope | learned
+  std::string pos_encodings = "rope";  // rope | learned | none (TRM only)
   double rms_norm_eps = 1e-5, rope_theta = 10000.0;
   int64_t halt_max_steps = 16;
   double halt_exploration_prob = 0.1;
@@ -42,16 +50,26 @@ struct HrmConfig {
   // natively, else float32; resolved by resolve_forward_dtype before a model is built).
   std::string forward_dtype = "bfloat16";
   std::string loss_type = "stablemax_cross_entropy";  // or softmax_cross_entropy
+  // TRM only (upstream's TinyRecursiveReasoningModel_ACTV1Config): token-mixing MLP instead of
+  // attention; puzzle-prefix positions (0: ceil(puzzle_emb_ndim / hidden_size), HRM's rule);
+  // halting on sigmoid(q_halt) alone, without the Q-continue target.
+  bool mlp_t = false;
+  int64_t trm_puzzle_emb_len = 16;
+  bool no_ACT_continue = true;
 
   // Reads upstream's `arch` object (as in all_config.yaml) plus the data fields; unknown arch keys
   // are rejected by name, missing ones take upstream's defaults. Validates every field.
   static HrmConfig from_arch_json(const Json& arch, int64_t batch_size, int64_t seq_len, int64_t vocab_size,
                                   int64_t num_puzzle_identifiers);
-  Json arch_json() const;  // upstream's arch layout
+  Json arch_json() const;  // upstream's arch layout (HRM's or TRM's keys)
   void validate() const;   // throws ConfigError naming the field
 
   int64_t head_dim() const { return hidden_size / num_heads; }
-  int64_t puzzle_emb_len() const { return (puzzle_emb_ndim + hidden_size - 1) / hidden_size; }
+  bool is_trm() const { return name == kTrmArchName; }
+  // Positions the puzzle embedding occupies before the tokens.
+  int64_t puzzle_emb_len() const {
+    return is_trm() && trm_puzzle_emb_len > 0 ? trm_puzzle_emb_len : (puzzle_emb_ndim + hidden_size - 1) / hidden_size;
+  }
   int64_t intermediate_size() const;  // SwiGLU width with upstream's rounding
   torch::Dtype dtype() const;
 };
@@ -93,27 +111,27 @@ using nn::ReasoningModuleImpl;
 using nn::SparseEmbedding;
 using nn::set_attention_kernel;
 
-// The network (upstream's HierarchicalReasoningModel_ACTV1_Inner) plus the ACT logic of its wrapper.
-class HrmModelImpl : public torch::nn::Module {
+// What HRM and TRM share: the input embeddings (tokens, puzzle prefix, positions), the LM and Q
+// heads, the initial states, and the ACT wrapper (upstream's *_ACTV1.forward). A subclass builds
+// its reasoning modules and the inner recurrence.
+class PuzzleModelImpl : public torch::nn::Module {
  public:
-  explicit HrmModelImpl(HrmConfig config);
-
   const HrmConfig& config() const { return config_; }
 
   // A carry whose rows are all halted, so the first step takes every row of `batch`.
   Carry initial_carry(const Batch& batch) const;
 
-  // One ACT step (upstream HierarchicalReasoningModel_ACTV1.forward). In training mode it halts on
-  // q_halt > q_continue with exploration and computes target_q_continue with an extra no-grad pass;
-  // in eval mode every row runs exactly halt_max_steps steps.
+  // One ACT step. In training mode HRM halts on q_halt > q_continue and computes target_q_continue
+  // with an extra no-grad pass; TRM (no_ACT_continue) halts on q_halt > 0; both with exploration.
+  // In eval mode every row runs exactly halt_max_steps steps.
   std::pair<Carry, Outputs> forward(const Carry& carry, const Batch& batch);
 
-  // The inner forward: H_cycles x L_cycles recurrence, gradient through the last L and H step only.
-  // Returns (z_H, z_L, logits, q_halt, q_continue).
-  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> inner_forward(
-      const torch::Tensor& z_H, const torch::Tensor& z_L, const Batch& batch);
+  // The inner forward. Returns (z_H, z_L, logits, q_halt, q_continue).
+  virtual std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> inner_forward(
+      const torch::Tensor& z_H, const torch::Tensor& z_L, const Batch& batch) = 0;
 
-  // Upstream's truncated-normal initialisation (JAX-style), q_head weight 0 / bias -5.
+  // Upstream's truncated-normal initialisation (JAX-style), q_head weight 0 / bias -5, puzzle
+  // embedding 0; every reasoning module's linear layers with std 1/sqrt(fan_in).
   void reset_parameters(uint64_t seed);
 
   // The parameters AdamATan2 trains, by name: everything but the buffers (the puzzle embedding,
@@ -125,14 +143,36 @@ class HrmModelImpl : public torch::nn::Module {
   CastedLinear lm_head{nullptr}, q_head{nullptr};
   SparseEmbedding puzzle_emb{nullptr};
   CastedEmbedding embed_pos{nullptr};
-  ReasoningModule H_level{nullptr}, L_level{nullptr};
+
+ protected:
+  // Registers the shared parameters in upstream's state-dict order; the subclass registers its
+  // reasoning modules after, then calls reset_parameters(0).
+  explicit PuzzleModelImpl(HrmConfig config);
+  torch::Tensor input_embeddings(const Batch& batch);
+  // RoPE tables on `device` (undefined without rope).
+  std::pair<torch::Tensor, torch::Tensor> rope_tables(const torch::Device& device);
+  // logits over the sequence (the prefix dropped) and the Q logits from position 0.
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> heads(const torch::Tensor& z_H);
+  HrmConfig config_;
 
  private:
-  torch::Tensor input_embeddings(const Batch& batch);
-  HrmConfig config_;
   torch::Tensor cos_, sin_;  // RoPE tables [S + P, head_dim], f32, not in the state dict
 };
+using PuzzleModel = std::shared_ptr<PuzzleModelImpl>;
+
+// HRM (upstream HierarchicalReasoningModel_ACTV1_Inner): H_cycles x L_cycles of the L module under
+// the H module, gradient through the last L and H step only (the one-step gradient).
+class HrmModelImpl : public PuzzleModelImpl {
+ public:
+  explicit HrmModelImpl(HrmConfig config);
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> inner_forward(
+      const torch::Tensor& z_H, const torch::Tensor& z_L, const Batch& batch) override;
+  ReasoningModule H_level{nullptr}, L_level{nullptr};
+};
 TORCH_MODULE(HrmModel);
+
+// The model config.name names (HRM or TRM, trm.h), built and initialised.
+PuzzleModel make_puzzle_model(const HrmConfig& config);
 
 // ---- loss head -------------------------------------------------------------------------------
 
@@ -160,7 +200,7 @@ HrmConfig upstream_config(const std::string& checkpoint_path, const std::string&
 // Our own checkpoint: a directory holding model.pt (a TorchScript-compatible tensor archive, keys
 // as upstream's without prefixes) and config.json ({"arch": ..., "dataset": {seq_len, vocab_size,
 // num_puzzle_identifiers}}). Written atomically.
-void save_hrm_checkpoint(const HrmModelImpl& model, const std::string& dir, const Json& extra = Json::object());
+void save_hrm_checkpoint(const PuzzleModelImpl& model, const std::string& dir, const Json& extra = Json::object());
 
 // The config of either kind of checkpoint: ours (config.json in the directory or beside the file)
 // or upstream's (all_config.yaml + dataset.json, see upstream_config).
@@ -169,10 +209,10 @@ HrmConfig checkpoint_config(const std::string& checkpoint_path, const std::strin
 // Loads an upstream step_N file (keys with or without "_orig_mod.", "model.inner.") or our own
 // checkpoint into the model, strictly; the puzzle-embedding rows must equal the dataset's
 // identifier count (upstream issue #2).
-void load_hrm_weights(HrmModelImpl& model, const std::string& checkpoint_path);
+void load_hrm_weights(PuzzleModelImpl& model, const std::string& checkpoint_path);
 
 // Writes the weights as upstream does (torch.save of a dict with keys "model.inner.<name>"), so
 // Python's torch.load + load_state_dict read them.
-void export_upstream_state_dict(const HrmModelImpl& model, const std::string& path);
+void export_upstream_state_dict(const PuzzleModelImpl& model, const std::string& path);
 
 }  // namespace hrmclara::hrm

@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace hrmclara::hrm {
 
@@ -33,6 +34,10 @@ Json default_train_config();
 // unknown keys and wrong types are ConfigErrors naming the key and `where`.
 Json validated_train_config(const Json& user, const std::string& where);
 
+// Applies key=value overrides (apply_overrides) and validates; arch.name=... goes first, so that
+// the keys of the model it names (arch.mlp_t for TRM) can be set in the same command line.
+Json apply_train_overrides(const Json& config, const std::vector<std::string>& overrides, const std::string& where);
+
 // Resolves config["data_path"]: when it is empty and config["generate"] names a generator, the
 // dataset is generated once into the cache (${XDG_CACHE_HOME:-~/.cache}/hrmclara/data/<name>)
 // and data_path is set to it. Returns the resolved config.
@@ -48,7 +53,7 @@ struct EvalResult {
 
 // Runs every example of `data` (or the first max_examples) through halt_max_steps eval-mode ACT
 // steps, as upstream's evaluate() does, and sums the metrics over examples.
-EvalResult evaluate_model(HrmModelImpl& model, const PuzzleDataset& data, int64_t batch_size, int64_t max_examples = 0,
+EvalResult evaluate_model(PuzzleModelImpl& model, const PuzzleDataset& data, int64_t batch_size, int64_t max_examples = 0,
                           bool keep_predictions = false);
 
 class HrmTrainTask : public TrainTask {
@@ -62,7 +67,7 @@ class HrmTrainTask : public TrainTask {
   void save(const std::string& dir) const override;
   void load(const std::string& dir) override;
 
-  HrmModelImpl& model() { return *model_; }
+  PuzzleModelImpl& model() { return *model_; }
   const Json& config() const { return config_; }
   const SamplerPosition& position() const { return position_; }
 
@@ -70,12 +75,16 @@ class HrmTrainTask : public TrainTask {
   Json config_;
   c10::Device device_;
   std::unique_ptr<PuzzleDataset> train_, test_;
-  HrmModel model_{nullptr};
+  PuzzleModel model_;
   std::unique_ptr<AdamATan2> adam_;
   std::unique_ptr<SparseSignSGD> sign_;
   std::unique_ptr<TrainSampler> sampler_;
   SamplerPosition position_;
   std::optional<Carry> carry_;
+  // EMA shadows of dense_parameters(), in that order (empty without ema).
+  mutable NamedTensors ema_;
+  void update_ema();
+  void swap_ema() const;  // exchanges the model's weights and the shadows
   int64_t batch_size_ = 0, total_steps_ = 0;
 };
 

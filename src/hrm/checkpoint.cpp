@@ -54,7 +54,7 @@ HrmConfig upstream_config(const std::string& checkpoint_path, const std::string&
   return config_from(cfg["arch"], batch_size, meta, meta_path, yaml_path);
 }
 
-void save_hrm_checkpoint(const HrmModelImpl& model, const std::string& dir, const Json& extra) {
+void save_hrm_checkpoint(const PuzzleModelImpl& model, const std::string& dir, const Json& extra) {
   make_directories(dir);
   const auto& c = model.config();
   Json config = extra;
@@ -82,7 +82,7 @@ HrmConfig checkpoint_config(const std::string& checkpoint_path, const std::strin
   return upstream_config(checkpoint_path, dataset_json, batch_size);
 }
 
-void load_hrm_weights(HrmModelImpl& model, const std::string& checkpoint_path) {
+void load_hrm_weights(PuzzleModelImpl& model, const std::string& checkpoint_path) {
   const std::string file = is_directory(checkpoint_path) ? checkpoint_path + "/model.pt" : checkpoint_path;
   auto state = strip_key_prefixes(load_tensors(file), {"model.inner."});
   const auto& c = model.config();
@@ -99,7 +99,7 @@ void load_hrm_weights(HrmModelImpl& model, const std::string& checkpoint_path) {
   load_state_dict(model, state, /*strict=*/true, checkpoint_path);
 }
 
-void export_upstream_state_dict(const HrmModelImpl& model, const std::string& path) {
+void export_upstream_state_dict(const PuzzleModelImpl& model, const std::string& path) {
   NamedTensors state;
   for (const auto& [name, t] : module_state(model)) state.emplace_back("model.inner." + name, t);
   write_torch_save(path, state);

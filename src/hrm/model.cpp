@@ -42,28 +42,53 @@ std::string resolve_forward_dtype(const std::string& spec, const c10::Device& de
 }
 
 Json HrmConfig::arch_json() const {
-  return Json{{"name", "hrm.hrm_act_v1@HierarchicalReasoningModel_ACTV1"},
-              {"loss", {{"name", "losses@ACTLossHead"}, {"loss_type", loss_type}}},
-              {"puzzle_emb_ndim", puzzle_emb_ndim},
-              {"H_cycles", H_cycles},
-              {"L_cycles", L_cycles},
-              {"H_layers", H_layers},
-              {"L_layers", L_layers},
-              {"hidden_size", hidden_size},
-              {"num_heads", num_heads},
-              {"expansion", expansion},
-              {"pos_encodings", pos_encodings},
-              {"rms_norm_eps", rms_norm_eps},
-              {"rope_theta", rope_theta},
-              {"halt_max_steps", halt_max_steps},
-              {"halt_exploration_prob", halt_exploration_prob},
-              {"forward_dtype", forward_dtype}};
+  Json a{{"name", name},
+         {"loss", {{"name", "losses@ACTLossHead"}, {"loss_type", loss_type}}},
+         {"puzzle_emb_ndim", puzzle_emb_ndim},
+         {"H_cycles", H_cycles},
+         {"L_cycles", L_cycles},
+         {"H_layers", H_layers},
+         {"L_layers", L_layers},
+         {"hidden_size", hidden_size},
+         {"num_heads", num_heads},
+         {"expansion", expansion},
+         {"pos_encodings", pos_encodings},
+         {"rms_norm_eps", rms_norm_eps},
+         {"rope_theta", rope_theta},
+         {"halt_max_steps", halt_max_steps},
+         {"halt_exploration_prob", halt_exploration_prob},
+         {"forward_dtype", forward_dtype}};
+  if (is_trm()) {
+    a["mlp_t"] = mlp_t;
+    a["puzzle_emb_len"] = trm_puzzle_emb_len;
+    a["no_ACT_continue"] = no_ACT_continue;
+  }
+  return a;
 }
 
 HrmConfig HrmConfig::from_arch_json(const Json& arch, int64_t batch_size, int64_t seq_len, int64_t vocab_size,
                                     int64_t num_puzzle_identifiers) {
   HrmConfig c;
-  const Json a = merge_config(c.arch_json(), arch, "arch");
+  // The name picks the schema: TRM's has three more keys and upstream's trm.yaml defaults.
+  if (arch.is_object() && arch.contains("name")) {
+    if (!arch["name"].is_string()) throw ConfigError("arch.name must be a string");
+    const std::string n = arch["name"].get<std::string>();
+    if (n == "trm" || n == kTrmArchName) {
+      c.name = kTrmArchName;
+      c.H_cycles = 3, c.L_cycles = 6, c.H_layers = 0, c.L_layers = 2;
+      c.puzzle_emb_ndim = c.hidden_size;  // trm.yaml: ${.hidden_size}
+    } else if (n != "hrm" && n != kHrmArchName) {
+      throw ConfigError("arch.name '" + n + "' is neither HRM (" + kHrmArchName + ", or hrm) nor TRM (" + kTrmArchName +
+                        ", or trm)");
+    }
+  }
+  Json a = merge_config(c.arch_json(), arch, "arch");
+  a["name"] = c.name;
+  if (c.is_trm()) {
+    c.mlp_t = a["mlp_t"].get<bool>();
+    c.trm_puzzle_emb_len = a["puzzle_emb_len"].get<int64_t>();
+    c.no_ACT_continue = a["no_ACT_continue"].get<bool>();
+  }
   c.loss_type = a["loss"]["loss_type"].get<std::string>();
   c.puzzle_emb_ndim = a["puzzle_emb_ndim"].get<int64_t>();
   c.H_cycles = a["H_cycles"].get<int64_t>();
@@ -97,10 +122,19 @@ void HrmConfig::validate() const {
   require(num_puzzle_identifiers > 0, "num_puzzle_identifiers must be positive");
   require(puzzle_emb_ndim >= 0, "arch.puzzle_emb_ndim must be >= 0");
   require(H_cycles > 0 && L_cycles > 0, "arch.H_cycles and arch.L_cycles must be positive");
-  require(H_layers > 0 && L_layers > 0, "arch.H_layers and arch.L_layers must be positive");
+  // TRM has one network (L_level); its H_layers is ignored, as upstream.
+  require((is_trm() || H_layers > 0) && H_layers >= 0 && L_layers > 0, "arch.H_layers and arch.L_layers must be positive");
   require(hidden_size > 0 && num_heads > 0 && hidden_size % num_heads == 0,
           "arch.hidden_size must be a positive multiple of arch.num_heads");
-  require(pos_encodings == "rope" || pos_encodings == "learned", "arch.pos_encodings must be rope or learned");
+  require(pos_encodings == "rope" || pos_encodings == "learned" || (is_trm() && pos_encodings == "none"),
+          is_trm() ? "arch.pos_encodings must be rope, learned or none" : "arch.pos_encodings must be rope or learned");
+  if (is_trm()) {
+    require(trm_puzzle_emb_len >= 0 && trm_puzzle_emb_len <= 4096, "arch.puzzle_emb_len must be in [0, 4096]");
+    // Upstream fails on both at the first batch (a shape mismatch); say why here instead.
+    require(puzzle_emb_ndim <= puzzle_emb_len() * hidden_size,
+            "arch.puzzle_emb_ndim must fit in arch.puzzle_emb_len positions of hidden_size");
+    require(puzzle_emb_ndim > 0 || trm_puzzle_emb_len == 0, "arch.puzzle_emb_len must be 0 when arch.puzzle_emb_ndim is 0");
+  }
   require(pos_encodings != "rope" || head_dim() % 2 == 0, "rope needs an even head dimension");
   require(halt_max_steps >= 1, "arch.halt_max_steps must be >= 1");
   require(halt_exploration_prob >= 0 && halt_exploration_prob <= 1, "arch.halt_exploration_prob must be in [0, 1]");
@@ -112,9 +146,9 @@ void HrmConfig::validate() const {
 }
 
 
-// ---- the model -------------------------------------------------------------------------------
+// ---- the shared parts ---------------------------------------------------------------------------
 
-HrmModelImpl::HrmModelImpl(HrmConfig config) : config_(std::move(config)) {
+PuzzleModelImpl::PuzzleModelImpl(HrmConfig config) : config_(std::move(config)) {
   config_.validate();
   const auto& c = config_;
   const double embed_std = 1.0 / std::sqrt(static_cast<double>(c.hidden_size));
@@ -129,24 +163,24 @@ HrmModelImpl::HrmModelImpl(HrmConfig config) : config_(std::move(config)) {
   const int64_t positions = c.seq_len + c.puzzle_emb_len();
   if (c.pos_encodings == "learned") {
     embed_pos = register_module("embed_pos", CastedEmbedding(positions, c.hidden_size, embed_std));
-  } else {
+  } else if (c.pos_encodings == "rope") {
     const int64_t dim = c.head_dim();
     nn::RopeSpec rope;  // the decoder LLM's RoPE, unscaled
     rope.head_dim = dim;
     rope.theta = c.rope_theta;
-    const auto inv_freq = nn::rope_inverse_frequencies(rope);
-    auto freqs = torch::outer(torch::arange(positions, torch::kFloat), inv_freq);
+    // float32 tables, as upstream; a float64 model (verification) gets them in float64, so that
+    // its forward is the reference's math without any float32 step.
+    const bool f64 = c.dtype() == torch::kDouble;
+    const auto inv_freq = f64 ? 1.0 / torch::pow(c.rope_theta, torch::arange(0, dim, 2, torch::kDouble) / static_cast<double>(dim))
+                              : nn::rope_inverse_frequencies(rope);
+    auto freqs = torch::outer(torch::arange(positions, inv_freq.options()), inv_freq);
     auto emb = torch::cat({freqs, freqs}, -1);
     cos_ = emb.cos();
     sin_ = emb.sin();
   }
-  nn::BlockOptions block{c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps, 0};
-  H_level = register_module("H_level", ReasoningModule(block, c.H_layers));
-  L_level = register_module("L_level", ReasoningModule(block, c.L_layers));
-  reset_parameters(0);
 }
 
-void HrmModelImpl::reset_parameters(uint64_t seed) {
+void PuzzleModelImpl::reset_parameters(uint64_t seed) {
   torch::NoGradGuard no_grad;
   torch::manual_seed(seed);
   const double embed_std = 1.0 / std::sqrt(static_cast<double>(config_.hidden_size));
@@ -158,20 +192,20 @@ void HrmModelImpl::reset_parameters(uint64_t seed) {
   q_head->bias.fill_(-5.0);
   if (puzzle_emb) puzzle_emb->weights.zero_();
   if (embed_pos) trunc_normal_(embed_pos->embedding_weight, embed_std);
-  for (auto* level : {&H_level, &L_level})
-    for (auto& linear : (*level)->modules(false)) {
-      if (auto* l = linear->as<CastedLinearImpl>())
-        trunc_normal_(l->weight, 1.0 / std::sqrt(static_cast<double>(l->weight.size(1))));
-    }
+  for (const auto& child : children())
+    if (child->as<ReasoningModuleImpl>())
+      for (auto& linear : child->modules(false))
+        if (auto* l = linear->as<CastedLinearImpl>())
+          trunc_normal_(l->weight, 1.0 / std::sqrt(static_cast<double>(l->weight.size(1))));
 }
 
-NamedTensors HrmModelImpl::dense_parameters() {
+NamedTensors PuzzleModelImpl::dense_parameters() {
   NamedTensors out;
   for (const auto& item : named_parameters(true)) out.emplace_back(item.key(), item.value());
   return out;
 }
 
-torch::Tensor HrmModelImpl::input_embeddings(const Batch& batch) {
+torch::Tensor PuzzleModelImpl::input_embeddings(const Batch& batch) {
   const auto& c = config_;
   const auto dtype = c.dtype();
   auto e = embed_tokens(batch.inputs, dtype);
@@ -185,13 +219,36 @@ torch::Tensor HrmModelImpl::input_embeddings(const Batch& batch) {
   return std::sqrt(static_cast<double>(c.hidden_size)) * e;
 }
 
+std::pair<torch::Tensor, torch::Tensor> PuzzleModelImpl::rope_tables(const torch::Device& device) {
+  if (cos_.defined() && cos_.device() != device) {
+    cos_ = cos_.to(device);
+    sin_ = sin_.to(device);
+  }
+  return {cos_, sin_};
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> PuzzleModelImpl::heads(const torch::Tensor& z_H) {
+  const int64_t P = config_.puzzle_emb_len();
+  auto logits = lm_head(z_H).narrow(1, P, config_.seq_len);
+  auto q = q_head(z_H.select(1, 0)).to(compute_dtype(z_H.scalar_type()));
+  return {logits, q.select(-1, 0), q.select(-1, 1)};
+}
+
+// ---- HRM -------------------------------------------------------------------------------------
+
+HrmModelImpl::HrmModelImpl(HrmConfig config) : PuzzleModelImpl(std::move(config)) {
+  const auto& c = config_;
+  if (c.is_trm()) throw ConfigError("HRM model built from a TRM config (use make_puzzle_model)");
+  nn::BlockOptions block{c.hidden_size, c.num_heads, c.expansion, c.rms_norm_eps, 0};
+  H_level = register_module("H_level", ReasoningModule(block, c.H_layers));
+  L_level = register_module("L_level", ReasoningModule(block, c.L_layers));
+  reset_parameters(0);
+}
+
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> HrmModelImpl::inner_forward(
     const torch::Tensor& z_H_in, const torch::Tensor& z_L_in, const Batch& batch) {
   const auto& c = config_;
-  if (cos_.defined() && cos_.device() != z_H_in.device()) {
-    cos_ = cos_.to(z_H_in.device());
-    sin_ = sin_.to(z_H_in.device());
-  }
+  const auto [cos, sin] = rope_tables(z_H_in.device());
   const auto x = input_embeddings(batch);
   torch::Tensor z_H = z_H_in, z_L = z_L_in;
   {
@@ -199,19 +256,17 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Te
     torch::NoGradGuard no_grad;
     for (int64_t h = 0; h < c.H_cycles; ++h) {
       for (int64_t l = 0; l < c.L_cycles; ++l)
-        if (!(h == c.H_cycles - 1 && l == c.L_cycles - 1)) z_L = L_level(z_L, z_H + x, cos_, sin_);
-      if (h != c.H_cycles - 1) z_H = H_level(z_H, z_L, cos_, sin_);
+        if (!(h == c.H_cycles - 1 && l == c.L_cycles - 1)) z_L = L_level(z_L, z_H + x, cos, sin);
+      if (h != c.H_cycles - 1) z_H = H_level(z_H, z_L, cos, sin);
     }
   }
-  z_L = L_level(z_L, z_H + x, cos_, sin_);
-  z_H = H_level(z_H, z_L, cos_, sin_);
-  const int64_t P = c.puzzle_emb_len();
-  auto logits = lm_head(z_H).narrow(1, P, c.seq_len);
-  auto q = q_head(z_H.select(1, 0)).to(compute_dtype(z_H.scalar_type()));
-  return {z_H.detach(), z_L.detach(), logits, q.select(-1, 0), q.select(-1, 1)};
+  z_L = L_level(z_L, z_H + x, cos, sin);
+  z_H = H_level(z_H, z_L, cos, sin);
+  auto [logits, q_halt, q_continue] = heads(z_H);
+  return {z_H.detach(), z_L.detach(), logits, q_halt, q_continue};
 }
 
-Carry HrmModelImpl::initial_carry(const Batch& batch) const {
+Carry PuzzleModelImpl::initial_carry(const Batch& batch) const {
   const auto& c = config_;
   const int64_t B = batch.size(), L = c.seq_len + c.puzzle_emb_len();
   const auto opts = batch.inputs.options();
@@ -225,7 +280,7 @@ Carry HrmModelImpl::initial_carry(const Batch& batch) const {
   return carry;
 }
 
-std::pair<Carry, Outputs> HrmModelImpl::forward(const Carry& carry, const Batch& batch) {
+std::pair<Carry, Outputs> PuzzleModelImpl::forward(const Carry& carry, const Batch& batch) {
   const auto& c = config_;
   const int64_t S = c.seq_len;
   if (batch.inputs.dim() != 2 || batch.inputs.size(1) != S || batch.labels.sizes() != batch.inputs.sizes() ||
@@ -254,15 +309,20 @@ std::pair<Carry, Outputs> HrmModelImpl::forward(const Carry& carry, const Batch&
   const auto is_last = next.steps >= c.halt_max_steps;
   next.halted = is_last;
   if (is_training() && c.halt_max_steps > 1) {
-    next.halted = next.halted | (out.q_halt_logits > out.q_continue_logits);
+    // TRM without the Q-continue head halts when sigmoid(q_halt) > 0.5.
+    const bool q_continue = !(c.is_trm() && c.no_ACT_continue);
+    next.halted = next.halted | (q_continue ? out.q_halt_logits > out.q_continue_logits : out.q_halt_logits > 0);
     // Exploration: with probability halt_exploration_prob a row must run at least U{2..Mmax} steps.
     const auto explore = torch::rand_like(out.q_halt_logits) < c.halt_exploration_prob;
     const auto min_steps = explore.to(torch::kInt) * torch::randint_like(next.steps, 2, c.halt_max_steps + 1);
     next.halted = next.halted & (next.steps >= min_steps);
-    // Target Q from one more pass on the new carry (no replay buffer, no target network).
-    auto [zh, zl, logits2, next_q_halt, next_q_continue] = inner_forward(next.z_H, next.z_L, next.current);
-    out.target_q_continue =
-        torch::sigmoid(torch::where(is_last, next_q_halt, torch::maximum(next_q_halt, next_q_continue)));
+    // Target Q from one more pass on the new carry (no replay buffer, no target network). Upstream
+    // TRM's code for this (no_ACT_continue false) fails; it gets HRM's semantics here.
+    if (q_continue) {
+      auto [zh, zl, logits2, next_q_halt, next_q_continue] = inner_forward(next.z_H, next.z_L, next.current);
+      out.target_q_continue =
+          torch::sigmoid(torch::where(is_last, next_q_halt, torch::maximum(next_q_halt, next_q_continue)));
+    }
   }
   return {next, out};
 }

@@ -39,6 +39,17 @@ Json default_train_config() {
       {"run_name", nullptr},
       {"checkpoint_path", nullptr},
       {"eval_save_outputs", Json::array()},
+      // TRM's pretrain.py keys. data_paths: one dataset (used when data_path is empty); the others
+      // are accepted and unused, except ema (evaluate and checkpoint an exponential moving average
+      // of the weights, as upstream) and freeze_weights (train only the puzzle embedding).
+      {"data_paths", Json::array()},
+      {"data_paths_test", Json::array()},
+      {"evaluators", Json::array()},
+      {"load_checkpoint", nullptr},
+      {"min_eval_interval", 0},
+      {"ema", false},
+      {"ema_rate", 0.999},
+      {"freeze_weights", false},
       // Ours.
       {"eval_batch_size", 0},
       {"eval_max_examples", 0},
@@ -54,9 +65,23 @@ Json default_train_config() {
 Json validated_train_config(const Json& user, const std::string& where) {
   Json schema = default_train_config();
   // Upstream writes nulls for unset names; any string is fine there.
-  for (const char* k : {"project_name", "run_name", "checkpoint_path"})
+  for (const char* k : {"project_name", "run_name", "checkpoint_path", "load_checkpoint"})
     if (user.contains(k)) schema[k] = user[k];
-  if (user.contains("eval_save_outputs")) schema["eval_save_outputs"] = user["eval_save_outputs"];
+  for (const char* k : {"eval_save_outputs", "data_paths", "data_paths_test", "evaluators"})
+    if (user.contains(k)) schema[k] = user[k];
+  // The arch block's keys depend on the model: TRM adds its own (with upstream trm.yaml's defaults).
+  if (user.contains("arch") && user["arch"].is_object() && user["arch"].contains("name")) {
+    HrmConfig named;
+    try {
+      named = HrmConfig::from_arch_json(Json{{"name", user["arch"]["name"]}}, 1, 1, 1, 1);
+    } catch (const ConfigError& e) {
+      throw ConfigError(where + ": " + e.what());
+    }
+    const Json named_arch = named.arch_json();  // items() must not outlive the object
+    for (const auto& [k, v] : named_arch.items())
+      if (!schema["arch"].contains(k)) schema["arch"][k] = v;
+    schema["arch"]["name"] = named.name;
+  }
   Json c = merge_config(schema, user, where);
   auto positive = [&](const char* key) {
     if (c[key].get<double>() <= 0) throw ConfigError(where + ": '" + std::string(key) + "' must be positive");
@@ -67,6 +92,15 @@ Json validated_train_config(const Json& user, const std::string& where) {
     if (c[k].get<double>() < 0) throw ConfigError(where + ": '" + std::string(k) + "' must not be negative");
   for (const char* k : {"beta1", "beta2"})
     if (c[k].get<double>() < 0 || c[k].get<double>() >= 1) throw ConfigError(where + ": '" + std::string(k) + "' must be in [0, 1)");
+  if (c["ema_rate"].get<double>() < 0 || c["ema_rate"].get<double>() >= 1) throw ConfigError(where + ": 'ema_rate' must be in [0, 1)");
+  for (const char* k : {"data_paths", "data_paths_test"}) {
+    if (!c[k].is_array()) throw ConfigError(where + ": '" + std::string(k) + "' must be a list of paths");
+    for (const auto& p : c[k])
+      if (!p.is_string()) throw ConfigError(where + ": '" + std::string(k) + "' must be a list of paths");
+  }
+  if (c["data_paths"].size() > 1)
+    throw ConfigError(where + ": 'data_paths' names " + std::to_string(c["data_paths"].size()) +
+                      " datasets; one is supported (upstream would mix their puzzle identifiers)");
   if (c["lr_min_ratio"].get<double>() < 0 || c["lr_min_ratio"].get<double>() > 1)
     throw ConfigError(where + ": 'lr_min_ratio' must be in [0, 1]");
   const std::string kind = c["generate"]["kind"];
@@ -81,7 +115,18 @@ Json validated_train_config(const Json& user, const std::string& where) {
   return c;
 }
 
+Json apply_train_overrides(const Json& config, const std::vector<std::string>& overrides, const std::string& where) {
+  // arch.name first: it decides which arch keys exist (e.g. arch.mlp_t needs arch.name=trm).
+  std::vector<std::string> name, rest;
+  for (const auto& o : overrides) (o.rfind("arch.name=", 0) == 0 ? name : rest).push_back(o);
+  Json c = config;
+  if (!name.empty()) c = validated_train_config(apply_overrides(c, name), where);
+  return validated_train_config(apply_overrides(c, rest), where);
+}
+
 Json prepare_dataset(Json config) {
+  if (config["data_path"].get<std::string>().empty() && !config["data_paths"].empty())
+    config["data_path"] = config["data_paths"][0];
   if (!config["data_path"].get<std::string>().empty()) return config;
   const Json& g = config["generate"];
   if (g["kind"].get<std::string>().empty())
@@ -133,7 +178,7 @@ std::map<std::string, double> metrics_to_host(const std::map<std::string, torch:
 }
 }  // namespace
 
-EvalResult evaluate_model(HrmModelImpl& model, const PuzzleDataset& data, int64_t batch_size, int64_t max_examples,
+EvalResult evaluate_model(PuzzleModelImpl& model, const PuzzleDataset& data, int64_t batch_size, int64_t max_examples,
                           bool keep_predictions) {
   const auto& c = model.config();
   const auto& meta = data.metadata();
@@ -213,18 +258,23 @@ HrmTrainTask::HrmTrainTask(const Json& config, const c10::Device& device) : conf
   const auto model_config =
       HrmConfig::from_arch_json(config["arch"], batch_size_, meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers);
   const uint64_t seed = config["seed"].get<uint64_t>();
-  model_ = HrmModel(model_config);
+  model_ = make_puzzle_model(model_config);
   model_->reset_parameters(seed);
   model_->to(device_);
-  model_->puzzle_emb->sync_device();
+  if (model_->puzzle_emb) model_->puzzle_emb->sync_device();
   model_->train();
   adam_ = std::make_unique<AdamATan2>(
       model_->dense_parameters(),
       AdamATan2::Options{config["lr"].get<double>(), config["beta1"].get<double>(), config["beta2"].get<double>(),
                          config["weight_decay"].get<double>()});
+  if (model_->puzzle_emb)  // puzzle_emb_ndim 0: no embedding to train
   sign_ = std::make_unique<SparseSignSGD>(model_->puzzle_emb->weights, model_->puzzle_emb->local_weights,
                                           model_->puzzle_emb->local_ids, config["puzzle_emb_lr"].get<double>(),
                                           config["puzzle_emb_weight_decay"].get<double>());
+  if (config["ema"].get<bool>()) {
+    torch::NoGradGuard no_grad;
+    for (auto& [name, p] : model_->dense_parameters()) ema_.emplace_back(name, p.detach().clone());
+  }
   sampler_ = std::make_unique<TrainSampler>(*train_, batch_size_, config["eval_interval"].get<int64_t>(), seed);
   // Upstream: total_steps = int(epochs * total_groups * mean_puzzle_examples / global_batch_size).
   total_steps_ = static_cast<int64_t>(config["epochs"].get<double>() * static_cast<double>(meta.total_groups) *
@@ -250,12 +300,15 @@ TrainTask::StepResult HrmTrainTask::train_step(int64_t /*step*/, double lr_facto
   LossResult result = act_loss(model_->config(), next, out);
   const double scale = 1.0 / static_cast<double>(batch_size_);
   (result.loss * scale).backward();
-  sign_->set_lr(config_["puzzle_emb_lr"].get<double>() * lr_factor);
-  sign_->step();
-  sign_->zero_grad();
+  if (sign_) {
+    sign_->set_lr(config_["puzzle_emb_lr"].get<double>() * lr_factor);
+    sign_->step();
+    sign_->zero_grad();
+  }
   adam_->set_lr(config_["lr"].get<double>() * lr_factor);
-  adam_->step();
+  if (!config_["freeze_weights"].get<bool>()) adam_->step();
   adam_->zero_grad();
+  update_ema();
   carry_ = std::move(next);
 
   StepResult r;
@@ -273,15 +326,58 @@ TrainTask::StepResult HrmTrainTask::train_step(int64_t /*step*/, double lr_facto
   return r;
 }
 
+void HrmTrainTask::update_ema() {
+  if (ema_.empty()) return;
+  // upstream EMAHelper.update: shadow = (1 - mu) * param + mu * shadow, after every step.
+  torch::NoGradGuard no_grad;
+  const double mu = config_["ema_rate"].get<double>();
+  const auto params = model_->dense_parameters();
+  for (size_t i = 0; i < ema_.size(); ++i) ema_[i].second.mul_(mu).add_(params[i].second, 1.0 - mu);
+}
+
+void HrmTrainTask::swap_ema() const {
+  torch::NoGradGuard no_grad;
+  const auto params = model_->dense_parameters();
+  for (size_t i = 0; i < ema_.size(); ++i) {
+    auto raw = params[i].second.detach().clone();
+    params[i].second.detach().copy_(ema_[i].second);
+    ema_[i].second.copy_(raw);
+  }
+}
+
 Metrics HrmTrainTask::evaluate() {
   if (!test_) return {};
   const int64_t eval_batch = config_["eval_batch_size"].get<int64_t>() > 0 ? config_["eval_batch_size"].get<int64_t>() : batch_size_;
-  return evaluate_model(*model_, *test_, eval_batch, config_["eval_max_examples"].get<int64_t>()).metrics;
+  // With EMA, upstream evaluates (and checkpoints) the averaged weights.
+  swap_ema();
+  Metrics m;
+  try {
+    m = evaluate_model(*model_, *test_, eval_batch, config_["eval_max_examples"].get<int64_t>()).metrics;
+  } catch (...) {
+    swap_ema();
+    throw;
+  }
+  swap_ema();
+  return m;
 }
 
 void HrmTrainTask::save(const std::string& dir) const {
-  save_hrm_checkpoint(*model_, dir, config_);
+  // model.pt holds what upstream's checkpoint holds: the EMA weights when ema is on. The weights
+  // being trained go to train_state.pt ("raw.*") so that a resumed run continues exactly.
   NamedTensors state;
+  if (!ema_.empty()) {
+    for (const auto& [name, p] : model_->dense_parameters()) state.emplace_back("raw." + name, p.detach().clone());
+    swap_ema();
+    try {
+      save_hrm_checkpoint(*model_, dir, config_);
+    } catch (...) {
+      swap_ema();
+      throw;
+    }
+    swap_ema();
+  } else {
+    save_hrm_checkpoint(*model_, dir, config_);
+  }
   for (auto& [k, v] : adam_->state()) state.emplace_back("adam." + k, v);
   if (carry_) {
     state.emplace_back("carry.z_H", carry_->z_H);
@@ -315,6 +411,18 @@ void HrmTrainTask::load(const std::string& dir) {
   for (const auto& [k, v] : s)
     if (k.rfind("adam.", 0) == 0) adam_state.emplace_back(k.substr(5), v);
   adam_->load_state(adam_state);
+  if (!ema_.empty()) {
+    // model.pt held the averages; the trained weights come from train_state.pt.
+    torch::NoGradGuard no_grad;
+    const auto params = model_->dense_parameters();
+    for (size_t i = 0; i < params.size(); ++i) {
+      const std::string key = "raw." + params[i].first;
+      if (!s.count(key)) throw FormatError(state_path + ": missing '" + key + "' (saved without ema?)");
+      if (s[key].sizes() != params[i].second.sizes()) throw ShapeError(state_path + ": '" + key + "' has the wrong shape");
+      ema_[i].second.copy_(params[i].second);
+      params[i].second.detach().copy_(s[key]);
+    }
+  }
   if (s.count("carry.z_H")) {
     for (const char* k : {"carry.z_L", "carry.steps", "carry.halted", "carry.inputs", "carry.labels", "carry.puzzle_identifiers"})
       if (!s.count(k)) throw FormatError(state_path + ": missing '" + std::string(k) + "'");

@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
     const auto config = hrm::HrmConfig::from_arch_json(file, batch_size, seq_len, vocab, puzzles);
 
     torch::manual_seed(0);
-    hrm::HrmModel model(config);
+    auto model = hrm::make_puzzle_model(config);
     model->to(device);
     if (model->puzzle_emb) model->puzzle_emb->sync_device();
     model->train(mode == "train");

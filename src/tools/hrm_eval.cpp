@@ -175,7 +175,7 @@ int main(int argc, char** argv) {
       config = hrm::checkpoint_config(checkpoint, train_meta, batch);
     }
     config.forward_dtype = hrm::resolve_forward_dtype(args.get("dtype"), device, config.forward_dtype);
-    hrm::HrmModel model(config);
+    auto model = hrm::make_puzzle_model(config);
     hrm::load_hrm_weights(*model, checkpoint);
     model->to(device);
 

@@ -68,7 +68,7 @@ hrm::Batch checked_batch(const std::map<std::string, torch::Tensor>& t, const hr
 
 // NaN/Inf outputs: name the parameter that holds them if one does (a corrupt checkpoint), else the
 // output (an overflow), and stop with the numeric exit code rather than write them.
-void require_finite_outputs(const torch::Tensor& logits, hrm::HrmModel& model, const std::string& checkpoint, int64_t step) {
+void require_finite_outputs(const torch::Tensor& logits, hrm::PuzzleModel& model, const std::string& checkpoint, int64_t step) {
   if (torch::isfinite(logits).all().item<bool>()) return;
   for (const auto& item : model->named_parameters(true))
     if (item.value().is_floating_point() && !torch::isfinite(item.value()).all().item<bool>())
@@ -114,7 +114,7 @@ int main(int argc, char** argv) {
     const hrm::Batch batch = checked_batch(raw_batch, config, args.get("batch")).to(device);
     auto model_config = config;
     model_config.forward_dtype = hrm::resolve_forward_dtype(args.get("dtype"), device, config.forward_dtype);
-    hrm::HrmModel model(model_config);
+    auto model = hrm::make_puzzle_model(model_config);
     hrm::load_hrm_weights(*model, checkpoint);
     model->to(device);
     if (model->puzzle_emb) model->puzzle_emb->sync_device();

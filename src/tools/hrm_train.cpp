@@ -33,7 +33,7 @@ std::string default_run_dir() {
   return buf;
 }
 
-int64_t count_parameters(hrm::HrmModelImpl& model) {
+int64_t count_parameters(hrm::PuzzleModelImpl& model) {
   int64_t n = 0;
   for (const auto& p : model.parameters()) n += p.numel();
   return n;
@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
       const std::string source = args.has("config") ? args.get("config") : "the embedded preset (models/hrm/sudoku-2core.json)";
       Json user = args.has("config") ? read_config(args.get("config")) : Json::parse(kDefaultHrmPreset);
       config = hrm::validated_train_config(user, source);
-      config = hrm::validated_train_config(apply_overrides(config, args.positionals()), "command line");
+      config = hrm::apply_train_overrides(config, args.positionals(), "command line");
       if (args.has("print-config")) {
         std::cout << config.dump(2) << std::endl;
         return 0;
@@ -85,9 +85,12 @@ int main(int argc, char** argv) {
         hrm::resolve_forward_dtype(args.get("dtype"), device, config["arch"]["forward_dtype"].get<std::string>());
     hrm::HrmTrainTask task(config, device);
     const auto& mc = task.model().config();
-    log_info("model: " + std::to_string(count_parameters(task.model())) + " parameters, hidden " +
-             std::to_string(mc.hidden_size) + ", " + std::to_string(mc.H_layers) + "+" + std::to_string(mc.L_layers) +
-             " layers, " + std::to_string(mc.H_cycles) + "x" + std::to_string(mc.L_cycles) + " cycles, " +
+    const std::string layers = mc.is_trm() ? "TRM" + std::string(mc.mlp_t ? " (token MLP)" : "") + ", " +
+                                                 std::to_string(mc.L_layers) + " layers"
+                                           : "HRM, " + std::to_string(mc.H_layers) + "+" + std::to_string(mc.L_layers) + " layers";
+    log_info("model: " + std::to_string(count_parameters(task.model())) + " parameters, " + layers + ", hidden " +
+             std::to_string(mc.hidden_size) + ", " + std::to_string(mc.H_cycles) + "x" + std::to_string(mc.L_cycles) +
+             " cycles, up to " + std::to_string(mc.halt_max_steps) + " ACT steps, " +
              mc.forward_dtype + "; " + std::to_string(task.total_steps()) + " steps of batch " +
              std::to_string(config["global_batch_size"].get<int64_t>()) + " on " + describe_device(device));
     log_info("data: " + config["data_path"].get<std::string>() + "; run: " + run_dir);

@@ -512,6 +512,136 @@ TEST(HrmTraining, LossFallsOnACopyTask) {
   EXPECT_GT(trainer.last_eval().at("accuracy"), 0.6);
 }
 
+// ---- TRM through the same task --------------------------------------------------------------
+
+Json tiny_trm_config(const std::string& data_path, bool mlp_t) {
+  Json user = tiny_config(data_path);
+  user["arch"] = {{"name", "trm"},
+                  {"hidden_size", 16},
+                  {"num_heads", 2},
+                  {"expansion", 2},
+                  {"H_layers", 0},
+                  {"L_layers", 2},
+                  {"H_cycles", 2},
+                  {"L_cycles", 2},
+                  {"puzzle_emb_ndim", 16},
+                  {"puzzle_emb_len", 2},
+                  {"mlp_t", mlp_t},
+                  {"pos_encodings", mlp_t ? "none" : "rope"},
+                  {"halt_max_steps", 3},
+                  {"halt_exploration_prob", 0.5},
+                  {"forward_dtype", "float32"}};
+  user["ema"] = true;
+  user["ema_rate"] = 0.9;
+  return validated_train_config(user, "test");
+}
+
+TEST(TrmTraining, ResumedRunWithEmaEqualsUninterruptedRunAndCheckpointsHoldTheAverage) {
+  REQUIRE_NUMPY();
+  torch::set_num_threads(1);
+  ScratchDir dir;
+  write_dataset(dir / "d", "--seq-len 8 --vocab 6 --groups 12 --puzzles-per-group 2 --identifiers 25 --test-groups 2");
+  const Json config = tiny_trm_config(dir / "d", /*mlp_t=*/true);
+  TrainerOptions opt;
+  opt.log_every = 1;
+  opt.progress_bar = false;
+  opt.run_dir = dir / "full";
+  HrmTrainTask full_task(config, torch::kCPU);
+  ASSERT_TRUE(full_task.model().config().is_trm());
+  Trainer full(full_task, opt);
+  full.start(config);
+  ASSERT_EQ(full.run(), Trainer::Outcome::kFinished);
+  opt.run_dir = dir / "split";
+  {
+    HrmTrainTask first_task(config, torch::kCPU);
+    TrainerOptions o = opt;
+    o.max_steps = 7;
+    Trainer first(first_task, o);
+    first.start(config);
+    ASSERT_EQ(first.run(), Trainer::Outcome::kStepLimit);
+  }
+  {
+    torch::manual_seed(999);
+    HrmTrainTask second_task(config, torch::kCPU);
+    Trainer second(second_task, opt);
+    ASSERT_EQ(second.resume(), 7);
+    ASSERT_EQ(second.run(), Trainer::Outcome::kFinished);
+  }
+  const auto a = train_losses(dir / "full"), b = train_losses(dir / "split");
+  ASSERT_EQ(a.size(), 18u);
+  ASSERT_EQ(b.size(), 18u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
+  auto wa = load_tensor_archive(dir / "full/checkpoints/step_18/model.pt");
+  auto wb = load_tensor_archive(dir / "split/checkpoints/step_18/model.pt");
+  test::expect_same_tensors(wb, wa);
+  // model.pt holds the EMA (as upstream's checkpoints do), train_state.pt the trained weights; they
+  // differ, and the EMA lies between the trained weights and where they were (here: not equal).
+  std::map<std::string, torch::Tensor> raw;
+  for (auto& [k, v] : load_tensor_archive(dir / "full/checkpoints/step_18/train_state.pt")) raw[k] = v;
+  int compared = 0;
+  for (const auto& [k, v] : wa) {
+    if (!raw.count("raw." + k)) continue;
+    ++compared;
+    EXPECT_FALSE(torch::equal(v, raw.at("raw." + k))) << k;
+  }
+  EXPECT_GT(compared, 10);
+  EXPECT_TRUE(raw.count("raw.L_level.layers.0.mlp_t.gate_up_proj.weight"));
+}
+
+TEST(TrmTraining, LossFallsOnACopyTaskWithEitherMixer) {
+  REQUIRE_NUMPY();
+  torch::set_num_threads(1);
+  ScratchDir dir;
+  write_dataset(dir / "d", "--seq-len 8 --vocab 6 --groups 64 --test-groups 8");
+  for (const char* split : {"train", "test"})
+    copy_file(dir / "d/" + split + "/all__inputs.npy", dir / "d/" + split + "/all__labels.npy");
+  for (bool mlp_t : {false, true}) {
+    Json config = tiny_trm_config(dir / "d", mlp_t);
+    config["global_batch_size"] = 16;
+    config["epochs"] = 12;
+    config["eval_interval"] = 12;
+    config["lr"] = 3e-3;
+    config["ema"] = false;
+    config["arch"]["hidden_size"] = 32;
+    config["arch"]["puzzle_emb_ndim"] = 32;
+    HrmTrainTask task(config, torch::kCPU);
+    TrainerOptions opt;
+    opt.run_dir = dir / (mlp_t ? "mlp" : "attn");
+    opt.progress_bar = false;
+    opt.log_every = 1;
+    Trainer trainer(task, opt);
+    trainer.start(config);
+    trainer.run();
+    const auto losses = train_losses(opt.run_dir, "train/lm_loss");
+    ASSERT_GE(losses.size(), 40u);
+    EXPECT_LT(losses.back(), 0.5 * losses.front()) << (mlp_t ? "mlp_t" : "attention");
+    EXPECT_GT(trainer.last_eval().at("accuracy"), 0.6) << (mlp_t ? "mlp_t" : "attention");
+  }
+}
+
+TEST(TrmTraining, ArchNameSelectsTheModelAndItsKeys) {
+  const Json base = validated_train_config(Json{{"data_path", "x"}}, "test");
+  // arch.name first, whatever the order on the command line, so TRM's keys can follow it.
+  const Json trm = apply_train_overrides(base, {"arch.mlp_t=true", "arch.name=trm", "arch.puzzle_emb_len=4"}, "cli");
+  const auto c = HrmConfig::from_arch_json(trm["arch"], 2, 81, 11, 1);
+  EXPECT_TRUE(c.is_trm());
+  EXPECT_EQ(c.name, kTrmArchName);
+  EXPECT_TRUE(c.mlp_t);
+  EXPECT_EQ(c.puzzle_emb_len(), 4);
+  EXPECT_EQ(c.arch_json()["name"], kTrmArchName);
+  // HRM has no such keys; an unknown name is refused by name.
+  EXPECT_THROW(apply_train_overrides(base, {"arch.mlp_t=true"}, "cli"), ConfigError);
+  EXPECT_NE(error_of<ConfigError>([&] { apply_train_overrides(base, {"arch.name=gpt"}, "cli"); }).find("arch.name 'gpt'"),
+            std::string::npos);
+  // Shapes upstream would only fail on at the first batch.
+  EXPECT_THROW(apply_train_overrides(base, {"arch.name=trm", "arch.puzzle_emb_ndim=0"}, "cli"), ConfigError);
+  EXPECT_THROW(apply_train_overrides(base, {"arch.name=trm", "arch.puzzle_emb_len=1", "arch.puzzle_emb_ndim=1024"}, "cli"),
+               ConfigError);
+  EXPECT_THROW(apply_train_overrides(base, {"arch.pos_encodings=none"}, "cli"), ConfigError);  // HRM: rope or learned
+  EXPECT_THROW(apply_train_overrides(base, {"ema_rate=1"}, "cli"), ConfigError);
+  EXPECT_THROW(apply_train_overrides(base, {"data_paths=[\"a\",\"b\"]"}, "cli"), ConfigError);
+}
+
 TEST(HrmTraining, ConfigRejectsUnknownKeysAndBadValues) {
   EXPECT_NE(error_of<Error>([] { validated_train_config(Json{{"lrr", 1}}, "x.json"); }).find("lrr"), std::string::npos);
   EXPECT_NE(error_of<Error>([] { validated_train_config(Json{{"lr", "fast"}}, "x.json"); }).find("lr"), std::string::npos);
