@@ -117,8 +117,11 @@ int main(int argc, char** argv) {
     const std::string metrics = run_dir + "/metrics.jsonl";
     write_training_plot(metrics, run_dir + "/curves.svg");
     std::cout << summary_table(read_metric_series(metrics),
-                               {"train/loss", "train/accuracy", "train/exact_accuracy", "train/steps", "eval/accuracy",
-                                "eval/exact_accuracy", "eval/mean_steps"});
+                               {"eval/exact_accuracy", "eval/accuracy", "eval/mean_steps", "train/exact_accuracy",
+                                "train/accuracy", "train/loss", "train/steps"});
+    if (trainer.last_eval().count("exact_accuracy"))
+      std::cout << "held-out puzzles solved exactly: " << trainer.last_eval().at("exact_accuracy") * 100.0 << " % of "
+                << static_cast<int64_t>(trainer.last_eval().at("count")) << "\n";
     const char* how = outcome == Trainer::Outcome::kFinished    ? "finished"
                       : outcome == Trainer::Outcome::kTimeLimit ? "time limit reached"
                       : outcome == Trainer::Outcome::kStepLimit ? "step limit reached"

@@ -166,9 +166,18 @@ std::string summary_table(const std::vector<Series>& series, const std::vector<s
   char buf[200];
   std::snprintf(buf, sizeof buf, "%-26s %12s %12s %12s %12s\n", "metric", "first", "last", "min", "max");
   out << buf;
-  auto wanted = [&](const std::string& name) { return keys.empty() || std::find(keys.begin(), keys.end(), name) != keys.end(); };
-  for (const auto& s : series) {
-    if (!wanted(s.name) || s.y.empty()) continue;
+  // Rows in the order of `keys` (the caller's headline first), or the series' order without keys.
+  std::vector<const Series*> rows;
+  if (keys.empty()) {
+    for (const auto& s : series) rows.push_back(&s);
+  } else {
+    for (const auto& k : keys)
+      for (const auto& s : series)
+        if (s.name == k) rows.push_back(&s);
+  }
+  for (const Series* row : rows) {
+    const Series& s = *row;
+    if (s.y.empty()) continue;
     const auto [lo, hi] = std::minmax_element(s.y.begin(), s.y.end());
     std::snprintf(buf, sizeof buf, "%-26s %12.5g %12.5g %12.5g %12.5g\n", s.name.c_str(), s.y.front(), s.y.back(), *lo, *hi);
     out << buf;

@@ -187,7 +187,10 @@ void Trainer::run_evaluation() {
   log_metrics(last_eval_, "eval/");
   std::ostringstream line;
   line << "eval at step " << step_ << ":";
-  for (const auto& [k, v] : last_eval_) line << " " << k << "=" << v;
+  // The headline first: puzzles solved exactly.
+  if (last_eval_.count("exact_accuracy")) line << " exact_accuracy=" << last_eval_.at("exact_accuracy");
+  for (const auto& [k, v] : last_eval_)
+    if (k != "exact_accuracy") line << " " << k << "=" << v;
   log_info(line.str());
 }
 
@@ -218,20 +221,29 @@ Trainer::Outcome Trainer::run() {
     if (step_ % opt_.log_every == 0 || step_ == last_step) log_metrics(r.metrics, "train/");
 
     const double rate = static_cast<double>(step_ - first_step) / std::max(1e-9, seconds());
+    // Tasks that score exact answers (puzzles) lead with them, held-out first once evaluated.
+    char stats[160];
+    if (r.metrics.count("exact_accuracy")) {
+      char held_out[48] = "";
+      if (last_eval_.count("exact_accuracy"))
+        std::snprintf(held_out, sizeof held_out, " (held-out %.3f)", last_eval_.at("exact_accuracy"));
+      std::snprintf(stats, sizeof stats, "exact %.3f%s acc %.3f loss %.4f", metric_or(r.metrics, "exact_accuracy", 0),
+                    held_out, metric_or(r.metrics, "accuracy", 0), loss);
+    } else {
+      std::snprintf(stats, sizeof stats, "loss %.4f", loss);
+    }
     if (tty) {
       const int width = 24;
       const int filled = static_cast<int>(width * static_cast<double>(step_) / static_cast<double>(last_step));
-      std::fprintf(stderr, "\r[%s%s] %lld/%lld loss %.4f acc %.3f exact %.3f %.2f it/s ETA %s   ",
-                   std::string(filled, '=').c_str(), std::string(width - filled, ' ').c_str(),
-                   static_cast<long long>(step_), static_cast<long long>(last_step), loss,
-                   metric_or(r.metrics, "accuracy", 0), metric_or(r.metrics, "exact_accuracy", 0), rate,
+      std::fprintf(stderr, "\r[%s%s] %lld/%lld %s %.2f it/s ETA %s   ", std::string(filled, '=').c_str(),
+                   std::string(width - filled, ' ').c_str(), static_cast<long long>(step_),
+                   static_cast<long long>(last_step), stats, rate,
                    format_duration(static_cast<double>(last_step - step_) / std::max(rate, 1e-9)).c_str());
       std::fflush(stderr);
     } else if (step_ % opt_.log_every == 0) {
-      char buf[200];
-      std::snprintf(buf, sizeof buf, "step %lld/%lld loss %.4f acc %.3f exact %.3f %.2f it/s ETA %s",
-                    static_cast<long long>(step_), static_cast<long long>(last_step), loss,
-                    metric_or(r.metrics, "accuracy", 0), metric_or(r.metrics, "exact_accuracy", 0), rate,
+      char buf[300];
+      std::snprintf(buf, sizeof buf, "step %lld/%lld %s %.2f it/s ETA %s", static_cast<long long>(step_),
+                    static_cast<long long>(last_step), stats, rate,
                     format_duration(static_cast<double>(last_step - step_) / std::max(rate, 1e-9)).c_str());
       log_info(buf);
     }

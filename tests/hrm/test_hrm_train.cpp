@@ -650,12 +650,15 @@ TEST(HrmTraining, ConfigRejectsUnknownKeysAndBadValues) {
                 .find("x.json"),
             std::string::npos);
   // Every shipped training preset validates.
-  for (const char* preset : {"sudoku-2core", "sudoku-extreme-1k", "maze-30x30-hard-1k", "arc"}) {
+  for (const char* preset : {"sudoku-2core", "sudoku-hrm-2core", "sudoku-extreme-1k", "maze-30x30-hard-1k", "arc"}) {
     const std::string path = fixture(std::string("../../models/hrm/") + preset + ".json");
     EXPECT_NO_THROW(validated_train_config(read_json_file(path), path)) << path;
   }
   // Upstream's all_config.yaml is accepted as it is.
   EXPECT_NO_THROW(validated_train_config(read_yaml_file(fixture("hrm-reference/all_config.yaml")), "all_config.yaml"));
+  // And upstream TRM's (data_paths, ema, arch.mlp_t, ...).
+  const Json trm = validated_train_config(read_yaml_file(fixture("trm-reference/mlp/all_config.yaml")), "all_config.yaml");
+  EXPECT_EQ(prepare_dataset(trm)["data_path"], "data/fixture");
 }
 
 // ---- the tools ------------------------------------------------------------------------------
@@ -730,6 +733,39 @@ TEST(HrmTools, ArcRunIsScoredByVotingBackToTasks) {
   r = run_command(tool("hrm_eval") + " --predictions " + dir / "short.safetensors" + " --data " + dir / "arc4", dir.path());
   EXPECT_EQ(r.exit_code, 6) << r.err;
   EXPECT_NE(r.err.find("short.safetensors"), std::string::npos) << r.err;
+}
+
+TEST(HrmTools, TrmTrainsEvaluatesAndReadsUpstreamCheckpoints) {
+  REQUIRE_NUMPY();
+  ScratchDir dir;
+  write_dataset(dir / "d", "--seq-len 8 --vocab 6 --groups 8 --identifiers 9 --test-groups 3");
+  write_json_file(dir / "tiny.json", tiny_config(dir / "d"));
+  // The HRM preset turned into TRM from the command line, its keys after arch.name.
+  auto r = run_command(tool("hrm_train") + " --config " + dir / "tiny.json" + " --out " + dir / "run" +
+                           " arch.mlp_t=true arch.name=trm arch.pos_encodings=none arch.puzzle_emb_len=1 ema=true"
+                           " epochs=2 --threads 1 --no-progress",
+                       dir.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("TRM (token MLP)"), std::string::npos) << r.err;
+  const Json saved = read_json_file(dir / "run/checkpoints/step_4/config.json");
+  EXPECT_EQ(saved["arch"]["name"], kTrmArchName);
+  EXPECT_EQ(saved["arch"]["mlp_t"], true);
+  r = run_command(tool("hrm_eval") + " --checkpoint " + dir / "run", dir.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(Json::parse(r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1))["count"].get<int>(), 3);
+
+  // Upstream TRM's checkpoints (step_0, and the EMA checkpoint of its training run) on data of
+  // their shape: 4x4 puzzles (seq 16), vocab 11, 3 identifiers.
+  write_dataset(dir / "u", "--seq-len 16 --vocab 11 --groups 2 --test-groups 5 --identifiers 3 --ignore-label 0");
+  for (const char* ckpt : {"step_0", "ema_step_3"}) {
+    r = run_command(tool("hrm_eval") + " --checkpoint " + fixture(std::string("trm-reference/mlp/") + ckpt) + " --data " +
+                        dir / "u" + " --batch-size 6",
+                    dir.path());
+    ASSERT_EQ(r.exit_code, 0) << ckpt << ": " << r.err;
+    const Json summary = Json::parse(r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1));
+    EXPECT_EQ(summary["count"].get<int>(), 5) << ckpt;
+    EXPECT_DOUBLE_EQ(summary["mean_steps"].get<double>(), 4.0) << ckpt;
+  }
 }
 
 TEST(HrmTools, TrainThenEvaluateOursAndUpstreamCheckpoints) {
