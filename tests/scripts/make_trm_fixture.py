@@ -45,6 +45,9 @@ from safetensors.torch import load_file, save_file
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from upstream_shims import AdamATan2  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "..", "fixtures", "trm-reference")
 
@@ -60,35 +63,6 @@ VARIANTS = {
 
 # ----------------------------------------------------------------------------------------------------
 # Shims
-class AdamATan2(torch.optim.Optimizer):
-    """The adam-atan2 package's AdamATan2 (its CUDA kernel's update, written with torch ops):
-    p *= 1 - lr*wd; m = lerp(m, g, 1-b1); v = lerp(v, g*g, 1-b2);
-    p -= lr/(1-b1^t) * atan2(m, sqrt(v)/sqrt(1-b2^t))."""
-
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.99), weight_decay=1e-2):
-        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            lr, (b1, b2), wd = group["lr"], group["betas"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p)
-                    st["exp_avg_sq"] = torch.zeros_like(p)
-                st["step"] += 1
-                t = st["step"]
-                p.mul_(1 - lr * wd)
-                st["exp_avg"].lerp_(p.grad, 1 - b1)
-                st["exp_avg_sq"].lerp_(p.grad.square(), 1 - b2)
-                denom = st["exp_avg_sq"].sqrt() / ((1 - b2 ** t) ** 0.5)
-                p.add_(torch.atan2(st["exp_avg"], denom), alpha=-lr / (1 - b1 ** t))
-
-
 def install_shims():
     def stub(name, **attrs):
         mod = types.ModuleType(name)
