@@ -239,7 +239,11 @@ void check_training_run(const std::string& name) {
   for (int k = 0; k < 3; ++k) {
     auto [next, out] = model->forward(carry, v.batch);
     auto result = act_loss(model->config(), next, out);
-    expect_close(v, result.loss.detach(), "trainstep." + std::to_string(k) + ".loss", 1e-6);
+    // Step 0 starts from the fixture's state; later steps from updates in which rounding-level
+    // elements may have moved a full sign step, so they get the recursion's float32 bound
+    // (measured 2e-5 at step 2 of the token-MLP variant with scalar kernels, 1.4e-6 with AVX2).
+    expect_close(v, result.loss.detach(), "trainstep." + std::to_string(k) + ".loss",
+                 k == 0 ? 1e-6 : 1e-5 * std::pow(v.growth, k));
     EXPECT_TRUE(test::same_tensor(next.halted, v.expected.at("trainstep." + std::to_string(k) + ".halted")));
     (result.loss / 6.0).backward();
     sign.step();
