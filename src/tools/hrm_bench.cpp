@@ -1,5 +1,7 @@
 // hrm_bench: times HRM train or eval steps on random data and prints one JSON line.
 // A train step = one ACT step with the loss head, backward of loss / batch, SignSGD, AdamATan2.
+// The line also gives the step's matmul FLOPs, this machine's GEMM rate at the model's shapes, and
+// the floor they imply (FLOPs / rate): how far the step is from being all matmul.
 #include <hrmclara/cli.h>
 #include <hrmclara/config.h>
 #include <hrmclara/device.h>
@@ -15,6 +17,103 @@
 
 using namespace hrmclara;
 
+namespace {
+
+// ---- FLOPs (2 per multiply-add) of the matmuls, from the layer shapes ----------------------------
+
+// One Block application's forward on x [B, L, D] (reasoning_layers.h): the attention mixer
+// (qkv_proj, q k^T, p v, o_proj) or TRM's token MLP (on x^T [B, D, L]: gate_up, down), then the
+// SwiGLU MLP (gate_up, down).
+struct BlockShape {
+  int64_t batch = 0, len = 0, hidden = 0, heads = 1, inter = 0;
+  int64_t token_mlp_len = 0, token_inter = 0;  // TRM's mlp_t; 0 for attention
+};
+
+double block_forward_flops(const BlockShape& s) {
+  const double B = static_cast<double>(s.batch), L = static_cast<double>(s.len), D = static_cast<double>(s.hidden),
+               I = static_cast<double>(s.inter), N = B * L;
+  double f = 0.0;
+  if (s.token_mlp_len > 0) {
+    const double T = static_cast<double>(s.token_inter), rows = B * D;
+    f += 2 * rows * L * 2 * T + 2 * rows * T * L;
+  } else {
+    const double hd = D / static_cast<double>(s.heads);
+    f += 2 * N * D * 3 * D;                                   // qkv_proj
+    f += 2 * 2 * B * static_cast<double>(s.heads) * L * L * hd;  // scores and probabilities x v
+    f += 2 * N * D * D;                                       // o_proj
+  }
+  f += 2 * N * D * 2 * I + 2 * N * I * D;  // gate_up_proj, down_proj
+  return f;
+}
+
+// A matmul's backward computes the gradients of both operands: twice its forward. Every block of
+// the gradient-carrying calls needs both (the input embeddings, and so every block's input,
+// require grad).
+constexpr double kBackwardFactor = 2.0;
+
+struct StepFlops {
+  double forward = 0, backward = 0;
+  double total() const { return forward + backward; }
+};
+
+// One HRM ACT step (hrm/model.cpp): H_cycles x L_cycles L-level calls and H_cycles H-level calls
+// (L_layers / H_layers blocks each), lm_head on every position and q_head on the first; the last
+// L and H call carry the gradient; training with halt_max_steps > 1 runs the inner forward once
+// more (no grad) for the Q target.
+StepFlops hrm_step_flops(const hrm::HrmConfig& c, bool train) {
+  const int64_t L = c.seq_len + c.puzzle_emb_len();
+  const BlockShape block{c.batch_size, L, c.hidden_size, c.num_heads, c.intermediate_size()};
+  const double per_block = block_forward_flops(block);
+  const double B = static_cast<double>(c.batch_size), D = static_cast<double>(c.hidden_size);
+  const double heads_out = 2 * B * static_cast<double>(L) * D * static_cast<double>(c.vocab_size) + 2 * B * D * 2;
+  const double blocks = static_cast<double>(c.H_cycles * c.L_cycles * c.L_layers + c.H_cycles * c.H_layers);
+  const double inner = blocks * per_block + heads_out;
+  StepFlops f;
+  f.forward = inner;
+  if (!train) return f;
+  if (c.halt_max_steps > 1) f.forward += inner;
+  f.backward = kBackwardFactor * (static_cast<double>(c.L_layers + c.H_layers) * per_block + heads_out);
+  return f;
+}
+
+// ---- this machine's GEMM rate --------------------------------------------------------------------
+
+// x [M, K] times a weight [N, K] transposed, as CastedLinear runs it; best of a few runs, GFLOP/s.
+double gemm_gflops(int64_t M, int64_t K, int64_t N, const c10::Device& device) {
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device);
+  const auto x = torch::randn({M, K}, opts), w = torch::randn({N, K}, opts);
+  auto out = torch::empty({M, N}, opts);
+  double best = 1e30;
+  for (int i = 0; i < 12; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    torch::mm_out(out, x, w.t());
+    if (device.is_cuda()) torch::cuda::synchronize();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (i >= 2) best = std::min(best, s);
+  }
+  return 2.0 * static_cast<double>(M) * static_cast<double>(K) * static_cast<double>(N) / best / 1e9;
+}
+
+// The linear layers' shapes of one block, forward: [B*L, D] x [D, 3D], [D, D], [D, 2I], [I, D].
+// Returns the FLOP-weighted rate (total FLOPs / total best times) and each shape's.
+std::pair<double, Json> measured_gemm_rate(const hrm::HrmConfig& c, const c10::Device& device) {
+  torch::NoGradGuard no_grad;
+  const int64_t M = c.batch_size * (c.seq_len + c.puzzle_emb_len()), D = c.hidden_size, I = c.intermediate_size();
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{D, 3 * D}, {D, D}, {D, 2 * I}, {I, D}};
+  double flops = 0, seconds = 0;
+  Json each = Json::object();
+  for (const auto& [K, N] : shapes) {
+    const double rate = gemm_gflops(M, K, N, device);
+    const double f = 2.0 * static_cast<double>(M * K * N);
+    flops += f;
+    seconds += f / (rate * 1e9);
+    each[std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N)] = rate;
+  }
+  return {flops / seconds / 1e9, each};
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   return run_main("hrm_bench", [&] {
     ArgParser args("hrm_bench", "--config FILE.json --mode train|eval --steps N [--device D] [--threads T] [--dtype D]");
@@ -24,6 +123,7 @@ int main(int argc, char** argv) {
         .option("warmup", "untimed steps first", "2")
         .option("dtype", std::string(kDtypeChoices) + "; auto: the file's forward_dtype where the device runs it natively, else float32", "auto")
         .option("attention", "exact (reference order) or sdpa (LibTorch's kernel)", "exact")
+        .option("fused", "on: the layers' fused float32 CPU kernels (default); off: the plain op chains", "on")
         .common_options();
     if (!args.parse(argc, argv, 0)) return 0;
     const std::string mode = args.get("mode");
@@ -33,6 +133,9 @@ int main(int argc, char** argv) {
     const std::string attention = args.get("attention");
     if (attention != "exact" && attention != "sdpa") throw UsageError("--attention must be exact or sdpa");
     hrm::set_attention_kernel(attention == "sdpa" ? hrm::AttentionKernel::kSdpa : hrm::AttentionKernel::kExact);
+    const std::string fused = args.get("fused");
+    if (fused != "on" && fused != "off") throw UsageError("--fused must be on or off");
+    nn::set_fused_kernels(fused == "on");
 
     const std::string path = args.require("config");
     Json file = read_json_file(path);
@@ -94,6 +197,10 @@ int main(int argc, char** argv) {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double peak_mb = peak_rss_mb();
     const double ms = 1000.0 * seconds / static_cast<double>(steps);
+    const auto flops = hrm_step_flops(config, mode == "train");
+    const auto [gemm_rate, gemm_shapes] = config.dtype() == torch::kFloat ? measured_gemm_rate(config, device)
+                                                                          : std::pair<double, Json>{0.0, Json()};
+    const double floor_ms = gemm_rate > 0 ? flops.total() / (gemm_rate * 1e6) : 0.0;
     Json line = {{"mode", mode},
                  {"device", device.str()},
                  {"threads", threads},
@@ -101,10 +208,20 @@ int main(int argc, char** argv) {
                  {"native_bfloat16", cpu_info().native_bfloat16},
                  {"dtype", config.forward_dtype},
                  {"attention", attention},
+                 {"fused_kernels", fused == "on" ? std::string(nn::fused_kernels_capability()) : "off"},
                  {"steps", steps},
                  {"ms_per_step", ms},
                  {"examples_per_s", static_cast<double>(batch_size) * 1000.0 / ms},
-                 {"peak_rss_mb", peak_mb}};
+                 {"peak_rss_mb", peak_mb},
+                 // Matmul FLOPs of one step; the float32 GEMM rate measured here at the model's
+                 // linear-layer shapes (0 for other dtypes); floor = FLOPs / rate.
+                 {"gflop_per_step", flops.total() / 1e9},
+                 {"gflop_forward", flops.forward / 1e9},
+                 {"gflop_backward", flops.backward / 1e9},
+                 {"gemm_gflops", gemm_rate},
+                 {"gemm_gflops_by_shape", gemm_shapes},
+                 {"floor_ms", floor_ms},
+                 {"ratio_to_floor", floor_ms > 0 ? ms / floor_ms : 0.0}};
     std::cout << line.dump() << std::endl;
     return 0;
   });
