@@ -126,7 +126,7 @@ MUTATIONS = [
      "    (x2 * Vec::loadu(c + h + j) - x1 * Vec::loadu(s + h + j)).store(out + h + j);",
      "hrm_tests", "FusedOps.SplitHeadsRopeIsBitwiseThePlainChain:HrmParity.EvalOutputsOfEveryActStep"),
     ("fused softmax backward forgets the scale", "src/nn/fused_kernels.cpp",
-     "    for (; j + W <= n; j += W) (((Vec::loadu(gr + j) - d) * Vec::loadu(yr + j)) / sv).store(out + j);",
+     "    for (; j + W <= n; j += W) divide((Vec::loadu(gr + j) - d) * Vec::loadu(yr + j)).store(out + j);",
      "    for (; j + W <= n; j += W) ((Vec::loadu(gr + j) - d) * Vec::loadu(yr + j)).store(out + j);",
      "hrm_tests", "FusedOps.ScaledSoftmaxForwardAndGradients:HrmParity.Step0GradientsOfEveryParameter"),
     ("SignSGD weight decay dropped", "src/train/optimizers.cpp",

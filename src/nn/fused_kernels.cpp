@@ -35,20 +35,13 @@ inline Vec load_tail(const float* p, int64_t count, float fill) {
   return Vec::set(Vec(fill), Vec::loadu(p, count), count);
 }
 
+// Horizontal sum / max of a vector: ATen's shuffle trees on AVX2 and AVX-512, a loop otherwise.
 inline float hsum(const Vec& v) {
-  alignas(64) float buf[W];
-  v.store(buf);
-  float s = 0.0f;
-  for (int64_t i = 0; i < W; ++i) s += buf[i];
-  return s;
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, v);
 }
 
 inline float hmax(const Vec& v) {
-  alignas(64) float buf[W];
-  v.store(buf);
-  float m = buf[0];
-  for (int64_t i = 1; i < W; ++i) m = std::isnan(buf[i]) || buf[i] > m ? buf[i] : m;
-  return m;
+  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, v);
 }
 
 // Sum of a[j] * b[j] over a row, in two vector accumulators (the rows here are a few hundred long).
@@ -265,36 +258,41 @@ void rope_split_backward(const RopeSplitBackwardArgs& a, int64_t begin, int64_t 
 
 // ---- softmax(x / scale) over rows ----------------------------------------------------------------
 
+// x / scale for scale > 0. A power of two takes the multiplication by its inverse, which is then
+// exact and rounds as the division (the same value for every x); other scales divide.
+struct Divide {
+  explicit Divide(float scale) : by(scale), inv(1.0f / scale) {
+    int e = 0;
+    exact_inverse = std::frexp(scale, &e) == 0.5f;
+  }
+  Vec operator()(const Vec& x) const { return exact_inverse ? x * inv : x / by; }
+  Vec by, inv;
+  bool exact_inverse;
+};
+
 void scaled_softmax(const float* x, float* y, int64_t n, float scale, int64_t begin, int64_t end) {
-  const Vec sv(scale);
+  const Divide divide(scale);
   const float lowest = -std::numeric_limits<float>::infinity();
   for (int64_t i = begin; i < end; ++i) {
     const float* xr = x + i * n;
     float* yr = y + i * n;
-    // x / scale first (the plain chain divides the scores, then takes the softmax), kept in y.
+    // The plain chain takes max(x / scale); with scale > 0 that is max(x) / scale exactly, so the
+    // max runs on x and the division once per element in the exp pass.
     Vec mx(lowest);
     int64_t j = 0;
-    for (; j + W <= n; j += W) {
-      const Vec t = Vec::loadu(xr + j) / sv;
-      t.store(yr + j);
-      mx = at::vec::maximum(mx, t);
-    }
-    if (j < n) {
-      const Vec t = load_tail(xr + j, n - j, lowest) / sv;
-      t.store(yr + j, static_cast<int>(n - j));
-      mx = at::vec::maximum(mx, t);
-    }
-    const Vec m(hmax(mx));
+    for (; j + W <= n; j += W) mx = at::vec::maximum(mx, Vec::loadu(xr + j));
+    if (j < n) mx = at::vec::maximum(mx, load_tail(xr + j, n - j, lowest));
+    const Vec m = divide(Vec(hmax(mx)));
     Vec sum0(0.0f), sum1(0.0f);
     for (j = 0; j + W <= n; j += W) {
-      const Vec e = (Vec::loadu(yr + j) - m).exp();
+      const Vec e = (divide(Vec::loadu(xr + j)) - m).exp();
       e.store(yr + j);
       sum0 = sum0 + e;
       std::swap(sum0, sum1);
     }
     if (j < n) {
-      // Lanes past the row are -inf - m: exp gives 0 and the sum is unchanged.
-      const Vec e = (load_tail(yr + j, n - j, lowest) - m).exp();
+      // Lanes past the row are -inf: exp gives 0 and the sum is unchanged.
+      const Vec e = (divide(load_tail(xr + j, n - j, lowest)) - m).exp();
       e.store(yr + j, static_cast<int>(n - j));
       sum0 = sum0 + e;
     }
@@ -306,17 +304,17 @@ void scaled_softmax(const float* x, float* y, int64_t n, float scale, int64_t be
 
 void scaled_softmax_backward(const float* gy, const float* y, float* gx, int64_t n, float scale, int64_t begin,
                              int64_t end) {
-  const Vec sv(scale);
+  const Divide divide(scale);
   for (int64_t i = begin; i < end; ++i) {
     const float* gr = gy + i * n;
     const float* yr = y + i * n;
     float* out = gx + i * n;
     const Vec d(dot(gr, yr, n));
     int64_t j = 0;
-    for (; j + W <= n; j += W) (((Vec::loadu(gr + j) - d) * Vec::loadu(yr + j)) / sv).store(out + j);
+    for (; j + W <= n; j += W) divide((Vec::loadu(gr + j) - d) * Vec::loadu(yr + j)).store(out + j);
     if (j < n) {
       const int64_t c = n - j;
-      (((Vec::loadu(gr + j, c) - d) * Vec::loadu(yr + j, c)) / sv).store(out + j, static_cast<int>(c));
+      divide((Vec::loadu(gr + j, c) - d) * Vec::loadu(yr + j, c)).store(out + j, static_cast<int>(c));
     }
   }
 }

@@ -65,7 +65,7 @@ struct Kernels {
   // Rows are the B * L positions.
   void (*rope_split)(const RopeSplitArgs& a, int64_t begin, int64_t end);
   void (*rope_split_backward)(const RopeSplitBackwardArgs& a, int64_t begin, int64_t end);
-  // Rows of n: y = softmax(x / scale); y may alias x.
+  // Rows of n: y = softmax(x / scale) for scale > 0; y may alias x.
   void (*scaled_softmax)(const float* x, float* y, int64_t n, float scale, int64_t begin, int64_t end);
   // gx = y * (gy - sum(gy * y)) / scale; gx may alias gy.
   void (*scaled_softmax_backward)(const float* gy, const float* y, float* gx, int64_t n, float scale, int64_t begin,

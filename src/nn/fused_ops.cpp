@@ -345,7 +345,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> split_heads_rope(const at::Tensor
 }
 
 at::Tensor scaled_softmax(const at::Tensor& scores, double scale) {
-  if (!fusable(scores) || scores.dim() == 0) return plain::scaled_softmax(scores, scale);
+  // (The kernel takes the row max before dividing, which needs scale > 0.)
+  if (!fusable(scores) || scores.dim() == 0 || !(scale > 0)) return plain::scaled_softmax(scores, scale);
   if (at::GradMode::is_enabled() && scores.requires_grad()) return ScaledSoftmaxFn::apply(scores, scale);
   if (scores.is_contiguous()) {
     at::Tensor y = scores;
