@@ -129,6 +129,7 @@ int main(int argc, char** argv) {
     const std::string mode = args.get("mode");
     if (mode != "train" && mode != "eval") throw UsageError("--mode must be train or eval");
     const int threads = configure_threads(static_cast<int>(args.get_int("threads")));
+    keep_freed_memory();  // no page faults on the activations re-allocated every step
     const auto device = resolve_device(args.get("device"));
     const std::string attention = args.get("attention");
     if (attention != "exact" && attention != "sdpa") throw UsageError("--attention must be exact or sdpa");
