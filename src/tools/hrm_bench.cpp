@@ -12,8 +12,10 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <iostream>
+#include <vector>
 
 using namespace hrmclara;
 
@@ -78,38 +80,51 @@ StepFlops hrm_step_flops(const hrm::HrmConfig& c, bool train) {
 
 // ---- this machine's GEMM rate --------------------------------------------------------------------
 
-// x [M, K] times a weight [N, K] transposed, as CastedLinear runs it; best of a few runs, GFLOP/s.
-double gemm_gflops(int64_t M, int64_t K, int64_t N, const c10::Device& device) {
+// x [M, K] times a weight [N, K] transposed, as CastedLinear runs it: GFLOP/s of the median and of
+// the fastest of 10 warm runs.
+std::pair<double, double> gemm_gflops(int64_t M, int64_t K, int64_t N, const c10::Device& device) {
   const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device);
   const auto x = torch::randn({M, K}, opts), w = torch::randn({N, K}, opts);
   auto out = torch::empty({M, N}, opts);
-  double best = 1e30;
+  std::vector<double> seconds;
   for (int i = 0; i < 12; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     torch::mm_out(out, x, w.t());
     if (device.is_cuda()) torch::cuda::synchronize();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (i >= 2) best = std::min(best, s);
+    if (i >= 2) seconds.push_back(s);
   }
-  return 2.0 * static_cast<double>(M) * static_cast<double>(K) * static_cast<double>(N) / best / 1e9;
+  std::sort(seconds.begin(), seconds.end());
+  const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(K) * static_cast<double>(N);
+  const double median = 0.5 * (seconds[seconds.size() / 2 - 1] + seconds[seconds.size() / 2]);
+  return {flops / median / 1e9, flops / seconds.front() / 1e9};
 }
 
 // The linear layers' shapes of one block, forward: [B*L, D] x [D, 3D], [D, D], [D, 2I], [I, D].
-// Returns the FLOP-weighted rate (total FLOPs / total best times) and each shape's.
-std::pair<double, Json> measured_gemm_rate(const hrm::HrmConfig& c, const c10::Device& device) {
+// The rate is FLOP-weighted over them (total FLOPs / total time): of the median runs (the one the
+// floor uses: a typical rate, as a step's many GEMMs see it) and of the fastest.
+struct GemmRate {
+  double median = 0, best = 0;
+  Json by_shape = Json::object();  // median rate per shape
+};
+
+GemmRate measured_gemm_rate(const hrm::HrmConfig& c, const c10::Device& device) {
   torch::NoGradGuard no_grad;
   const int64_t M = c.batch_size * (c.seq_len + c.puzzle_emb_len()), D = c.hidden_size, I = c.intermediate_size();
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{D, 3 * D}, {D, D}, {D, 2 * I}, {I, D}};
-  double flops = 0, seconds = 0;
-  Json each = Json::object();
+  double flops = 0, median_s = 0, best_s = 0;
+  GemmRate rate;
   for (const auto& [K, N] : shapes) {
-    const double rate = gemm_gflops(M, K, N, device);
+    const auto [median, best] = gemm_gflops(M, K, N, device);
     const double f = 2.0 * static_cast<double>(M * K * N);
     flops += f;
-    seconds += f / (rate * 1e9);
-    each[std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N)] = rate;
+    median_s += f / (median * 1e9);
+    best_s += f / (best * 1e9);
+    rate.by_shape[std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N)] = median;
   }
-  return {flops / seconds / 1e9, each};
+  rate.median = flops / median_s / 1e9;
+  rate.best = flops / best_s / 1e9;
+  return rate;
 }
 
 }  // namespace
@@ -199,9 +214,8 @@ int main(int argc, char** argv) {
     const double peak_mb = peak_rss_mb();
     const double ms = 1000.0 * seconds / static_cast<double>(steps);
     const auto flops = hrm_step_flops(config, mode == "train");
-    const auto [gemm_rate, gemm_shapes] = config.dtype() == torch::kFloat ? measured_gemm_rate(config, device)
-                                                                          : std::pair<double, Json>{0.0, Json()};
-    const double floor_ms = gemm_rate > 0 ? flops.total() / (gemm_rate * 1e6) : 0.0;
+    const auto gemm = config.dtype() == torch::kFloat ? measured_gemm_rate(config, device) : GemmRate{};
+    const double floor_ms = gemm.median > 0 ? flops.total() / (gemm.median * 1e6) : 0.0;
     Json line = {{"mode", mode},
                  {"device", device.str()},
                  {"threads", threads},
@@ -215,12 +229,13 @@ int main(int argc, char** argv) {
                  {"examples_per_s", static_cast<double>(batch_size) * 1000.0 / ms},
                  {"peak_rss_mb", peak_mb},
                  // Matmul FLOPs of one step; the float32 GEMM rate measured here at the model's
-                 // linear-layer shapes (0 for other dtypes); floor = FLOPs / rate.
+                 // linear-layer shapes (median runs; 0 for other dtypes); floor = FLOPs / rate.
                  {"gflop_per_step", flops.total() / 1e9},
                  {"gflop_forward", flops.forward / 1e9},
                  {"gflop_backward", flops.backward / 1e9},
-                 {"gemm_gflops", gemm_rate},
-                 {"gemm_gflops_by_shape", gemm_shapes},
+                 {"gemm_gflops", gemm.median},
+                 {"gemm_gflops_best", gemm.best},
+                 {"gemm_gflops_by_shape", gemm.by_shape},
                  {"floor_ms", floor_ms},
                  {"ratio_to_floor", floor_ms > 0 ? ms / floor_ms : 0.0}};
     std::cout << line.dump() << std::endl;
