@@ -91,3 +91,9 @@ endif()
 if(HRMCLARA_WITH_CUDA)
   target_compile_definitions(hrmclara_torch INTERFACE HRMCLARA_WITH_CUDA=1)
 endif()
+# The OpenMP runtime the wheel bundles (Linux wheels), for code of ours that opens ATen's OpenMP
+# parallel regions; empty when the wheel has none.
+find_library(HRMCLARA_TORCH_GOMP NAMES libgomp.so.1 gomp PATHS "${_torch_root}/lib" NO_DEFAULT_PATH)
+if(NOT HRMCLARA_TORCH_GOMP)
+  set(HRMCLARA_TORCH_GOMP "")
+endif()

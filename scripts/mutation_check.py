@@ -103,17 +103,32 @@ MUTATIONS = [
      'throw Error(target + ": corrupt or truncated zip archive (" + first_line(e.what()) + ")");',
      "core_tests", "TorchSave.TruncatedAndGarbageFilesGiveFormatErrors"),
     # HRM parity: small numeric faults, caught at float64 and float32.
-    # The no-grad forward normalises with rms_norm_inplace: doubling its epsilon is caught. (rms_norm,
-    # the autograd path, runs only in HRM's one gradient step; a tenfold epsilon there moves the
-    # gradients by less than Step0Gradients' 1e-4 bound, so it is not listed as caught.)
-    ("RMSNorm epsilon doubled (no-grad path)", "src/hrm/model.cpp",
-     "  const auto scale = torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps);",
-     "  const auto scale = torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + 2 * eps);",
+    # The no-grad forward normalises in place (float64 here: the plain chain of fused_ops.cpp):
+    # doubling its epsilon is caught. (The autograd path runs only in HRM's one gradient step; a
+    # tenfold epsilon there moves the gradients by less than Step0Gradients' 1e-4 bound, so it is
+    # not listed as caught.)
+    ("RMSNorm epsilon doubled (no-grad path)", "src/nn/fused_ops.cpp",
+     "  return out.mul_(at::rsqrt(out.pow(2).mean(-1, /*keepdim=*/true) + eps));",
+     "  return out.mul_(at::rsqrt(out.pow(2).mean(-1, /*keepdim=*/true) + 2 * eps));",
      "hrm_tests", "HrmParity.TrainOutputsHaltingAndTargetQ"),
-    ("AdamATan2 second-moment bias correction dropped", "src/train/optimizers.cpp",
-     "s.param.add_(torch::atan2(s.exp_avg, s.exp_avg_sq.sqrt() / bias2_sqrt), -lr / bias1);",
-     "s.param.add_(torch::atan2(s.exp_avg, s.exp_avg_sq.sqrt()), -lr / bias1);",
+    # AdamATan2 on float32 CPU parameters runs the fused kernel.
+    ("AdamATan2 second-moment bias correction dropped", "src/nn/fused_ops.cpp",
+     "                  static_cast<float>(std::sqrt(1.0 - std::pow(beta2, t))),",
+     "                  1.0f,",
      "hrm_tests", "HrmParity.ThreeStepTrainingRunEndsInTheFixtureParameters"),
+    # The fused float32 kernels (src/nn/fused_kernels.cpp) against their plain op chains.
+    ("fused RMSNorm backward drops its projection term", "src/nn/fused_kernels.cpp",
+     "    const Vec m(dot(gr, yr, n) / static_cast<float>(n));",
+     "    const Vec m(0.0f);",
+     "hrm_tests", "FusedOps.AddRmsNormForwardAndGradients"),
+    ("fused RoPE rotates the second half the wrong way", "src/nn/fused_kernels.cpp",
+     "    (x2 * Vec::loadu(c + h + j) + x1 * Vec::loadu(s + h + j)).store(out + h + j);",
+     "    (x2 * Vec::loadu(c + h + j) - x1 * Vec::loadu(s + h + j)).store(out + h + j);",
+     "hrm_tests", "FusedOps.SplitHeadsRopeIsBitwiseThePlainChain:HrmParity.EvalOutputsOfEveryActStep"),
+    ("fused softmax backward forgets the scale", "src/nn/fused_kernels.cpp",
+     "    for (; j + W <= n; j += W) divide((Vec::loadu(gr + j) - d) * Vec::loadu(yr + j)).store(out + j);",
+     "    for (; j + W <= n; j += W) ((Vec::loadu(gr + j) - d) * Vec::loadu(yr + j)).store(out + j);",
+     "hrm_tests", "FusedOps.ScaledSoftmaxForwardAndGradients:HrmParity.Step0GradientsOfEveryParameter"),
     ("SignSGD weight decay dropped", "src/train/optimizers.cpp",
      "rows.mul_(1.0 - lr_ * weight_decay_).add_(summed.sign(), -lr_);",
      "rows.add_(summed.sign(), -lr_);",

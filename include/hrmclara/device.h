@@ -71,6 +71,15 @@ double matmul_gflops(c10::ScalarType dtype, const c10::Device& device, int64_t n
 // count or one far above the cores present.
 int configure_threads(int threads = 0);
 
+// Makes glibc's malloc keep freed tensor memory in the process. By default it returns large freed
+// blocks to the kernel (blocks above a threshold that grows only up to 32 MB are mmap'd; the top of
+// the heap is trimmed), so a training loop that frees and re-allocates its activations every step
+// page-faults on all of them again (~37 MB of fresh pages per step of models/hrm/bench-2core.json,
+// several % of the step). After this call blocks up to 32 MB come from the heap, which is not trimmed
+// (below 2 GB free): the resident size stays at the peak. Process-wide, so it is for tools (hrm_train,
+// hrm_bench) to call at start-up, not for the library; a no-op without glibc.
+void keep_freed_memory();
+
 // "cpu", "cuda:0", "mps" plus the thread count on CPU, for logs and benchmark output.
 std::string describe_device(const c10::Device& device);
 

@@ -26,6 +26,15 @@ int64_t swiglu_width(int64_t hidden, double expansion);
 // x * rsqrt(mean(x^2) + eps) without a weight, computed in float32 (or float64 activations' own).
 torch::Tensor rms_norm(const torch::Tensor& x, double eps);
 
+// The fused CPU kernels of the layers' element-wise chains (residual add + RMSNorm, SwiGLU's
+// activation, RoPE with the split into heads, the attention softmax; forward and backward) run for
+// float32 on the CPU; other dtypes and devices always take the plain op chains. On by default;
+// off gives the plain chains for float32 too (to compare). The capability is that of ATen's
+// kernels: "avx512", "avx2" or "default".
+void set_fused_kernels(bool enabled);
+bool fused_kernels_enabled();
+const char* fused_kernels_capability();
+
 // kExact: softmax(q k^T / sqrt d) v with an f32 softmax, as the reference (the default);
 // kSdpa: LibTorch's scaled_dot_product_attention (a blocked kernel; not bit-compatible).
 enum class AttentionKernel { kExact, kSdpa };

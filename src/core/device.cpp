@@ -20,11 +20,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <limits>
 #include <mutex>
 #include <set>
 #include <sched.h>
 #include <sstream>
 #include <thread>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 namespace hrmclara {
 
@@ -246,6 +251,15 @@ int configure_threads(int threads) {
   const int n = threads > 0 ? threads : cores;
   at::set_num_threads(n);
   return at::get_num_threads();
+}
+
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  // 32 MB is the largest mmap threshold glibc accepts; a fixed one also stops its adjustments.
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());  // trim only above 2 GB free
+  mallopt(M_TOP_PAD, 64 << 20);
+#endif
 }
 
 std::string describe_device(const c10::Device& device) {

@@ -3,6 +3,8 @@
 
 #include <hrmclara/errors.h>
 
+#include "nn/fused_ops.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -35,36 +37,11 @@ int64_t swiglu_width(int64_t hidden, double expansion) {
   return (n + 255) / 256 * 256;
 }
 
-namespace {
+torch::Tensor rms_norm(const torch::Tensor& x, double eps) { return fused::rms_norm(x, eps); }
 
-// The precision element-wise reductions run in: float32, or the activations' own when wider
-// (float64, the verification dtype).
-torch::Dtype compute_dtype(torch::Dtype activations) { return torch::promote_types(activations, torch::kFloat); }
-
-}  // namespace
-
-torch::Tensor rms_norm(const torch::Tensor& x, double eps) {
-  const auto in_dtype = x.scalar_type();
-  const auto h = x.to(compute_dtype(in_dtype));
-  return (h * torch::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps)).to(in_dtype);
-}
-
-namespace {
-
-// rms_norm for a tensor nobody else holds, without autograd: f32 in place, other dtypes as above.
-torch::Tensor rms_norm_inplace(torch::Tensor x, double eps) {
-  if (x.scalar_type() != compute_dtype(x.scalar_type())) return rms_norm(x, eps);
-  const auto scale = torch::rsqrt(x.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return x.mul_(scale);
-}
-
-// NeoX rotate_half on the last dimension.
-torch::Tensor rotate_half(const torch::Tensor& x) {
-  const int64_t half = x.size(-1) / 2;
-  return torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-}
-
-}  // namespace
+void set_fused_kernels(bool enabled) { fused::set_enabled(enabled); }
+bool fused_kernels_enabled() { return fused::enabled(); }
+const char* fused_kernels_capability() { return fused::capability(); }
 
 // ---- layers ----------------------------------------------------------------------------------
 
@@ -128,35 +105,18 @@ AttentionImpl::AttentionImpl(int64_t hidden, int64_t n_heads) : heads(n_heads), 
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
   const int64_t B = x.size(0), L = x.size(1);
-  // Rows [0, D) of qkv_proj are Q, [D, 2D) K, [2D, 3D) V, head-major within each.
-  auto qkv = qkv_proj(x).view({B, L, 3 * heads, head_dim});
-  auto q = qkv.narrow(2, 0, heads), k = qkv.narrow(2, heads, heads), v = qkv.narrow(2, 2 * heads, heads);
-  if (cos.defined()) {
-    // RoPE in f32 (the tables' dtype; float64 activations keep float64), back to the activation dtype.
-    const auto dtype = q.scalar_type(), rope_dtype = compute_dtype(dtype);
-    const auto c = cos.unsqueeze(-2).to(rope_dtype), s = sin.unsqueeze(-2).to(rope_dtype);
-    auto qf = q.to(rope_dtype), kf = k.to(rope_dtype);
-    if (!torch::GradMode::is_enabled()) {
-      q = (qf * c).add_(rotate_half(qf).mul_(s)).to(dtype);
-      k = (kf * c).add_(rotate_half(kf).mul_(s)).to(dtype);
-    } else {
-      q = (qf * c + rotate_half(qf) * s).to(dtype);
-      k = (kf * c + rotate_half(kf) * s).to(dtype);
-    }
-  }
-  // Non-causal attention, scale 1/sqrt(head_dim); [B, heads, L, hd] for SDPA.
-  auto qt = q.transpose(1, 2), kt = k.transpose(1, 2), vt = v.transpose(1, 2);
+  // Rows [0, D) of qkv_proj are Q, [D, 2D) K, [2D, 3D) V, head-major within each; q, k, v come
+  // back as [B, heads, L, hd] with RoPE applied to q and k in f32 (fused: one pass, contiguous).
+  auto [q, k, v] = fused::split_heads_rope(qkv_proj(x), heads, cos, sin);
   torch::Tensor out;
   if (g_attention_kernel == AttentionKernel::kSdpa) {
-    out = at::scaled_dot_product_attention(qt, kt, vt);
+    out = at::scaled_dot_product_attention(q, k, v);
   } else {
     // softmax(q k^T / sqrt(d)) v with the softmax in f32: the reference's order of operations.
     // LibTorch's CPU SDPA kernel blocks the softmax differently, which compounds to 3e-5 relative
     // over four ACT steps; this stays under 1e-5.
-    auto scores = torch::matmul(qt, kt.transpose(-1, -2));
-    const double scale = std::sqrt(static_cast<double>(head_dim));
-    scores = torch::GradMode::is_enabled() ? scores / scale : scores.div_(scale);
-    out = torch::matmul(torch::softmax(scores.to(compute_dtype(scores.scalar_type())), -1).to(vt.scalar_type()), vt);
+    const auto scores = torch::matmul(q, k.transpose(-1, -2));
+    out = torch::matmul(fused::scaled_softmax(scores, std::sqrt(static_cast<double>(head_dim))), v);
   }
   return o_proj(out.transpose(1, 2).reshape({B, L, heads * head_dim}));
 }
@@ -167,15 +127,9 @@ SwiGLUImpl::SwiGLUImpl(int64_t hidden, int64_t intermediate) {
 }
 
 torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
-  auto gate_up = gate_up_proj(x).chunk(2, -1);
-  if (!torch::GradMode::is_enabled()) {
-    // Without autograd (most of the recurrence) the same operations run in place: no new
-    // intermediate-sized tensors, identical bits.
-    auto gate = gate_up[0];
-    torch::silu_(gate);
-    return down_proj(gate.mul_(gate_up[1]));
-  }
-  return down_proj(F::silu(gate_up[0]) * gate_up[1]);
+  // Without autograd (most of the recurrence) the activation overwrites the projection's gate half
+  // in place: no new intermediate-sized tensor.
+  return down_proj(fused::swiglu(gate_up_proj(x)));
 }
 
 BlockImpl::BlockImpl(const BlockOptions& o) : eps(o.rms_norm_eps) {
@@ -194,20 +148,23 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& co
     torch::Tensor h;
     if (mlp_t) {
       const auto xt = x.transpose(1, 2);
-      h = rms_norm_inplace(mlp_t(xt).add_(xt), eps).transpose(1, 2);
+      auto mixed = mlp_t(xt);  // a fresh [B, D, L] tensor; xt is a strided view of x
+      h = fused::add_rms_norm_(mixed, xt, mixed, eps).transpose(1, 2);
     } else {
-      h = rms_norm_inplace(self_attn(x, cos, sin).add_(x), eps);
+      auto attn = self_attn(x, cos, sin);
+      h = fused::add_rms_norm_(attn, x, attn, eps);
     }
-    return rms_norm_inplace(mlp(h).add_(h), eps);
+    auto m = mlp(h);
+    return fused::add_rms_norm_(m, h, m, eps);
   }
   torch::Tensor h;
   if (mlp_t) {
     const auto xt = x.transpose(1, 2);
-    h = rms_norm(xt + mlp_t(xt), eps).transpose(1, 2);
+    h = fused::add_rms_norm(xt, mlp_t(xt), eps).transpose(1, 2);
   } else {
-    h = rms_norm(x + self_attn(x, cos, sin), eps);
+    h = fused::add_rms_norm(x, self_attn(x, cos, sin), eps);
   }
-  return rms_norm(h + mlp(h), eps);
+  return fused::add_rms_norm(h, mlp(h), eps);
 }
 
 ReasoningModuleImpl::ReasoningModuleImpl(const BlockOptions& o, int64_t n_layers) {

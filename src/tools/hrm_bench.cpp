@@ -1,5 +1,7 @@
 // hrm_bench: times HRM train or eval steps on random data and prints one JSON line.
 // A train step = one ACT step with the loss head, backward of loss / batch, SignSGD, AdamATan2.
+// The line also gives the step's matmul FLOPs, this machine's GEMM rate at the model's shapes, and
+// the floor they imply (FLOPs / rate): how far the step is from being all matmul.
 #include <hrmclara/cli.h>
 #include <hrmclara/config.h>
 #include <hrmclara/device.h>
@@ -10,10 +12,160 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <iostream>
+#include <vector>
 
 using namespace hrmclara;
+
+namespace {
+
+// ---- FLOPs (2 per multiply-add) of the matmuls, from the layer shapes ----------------------------
+
+// One Block application's forward on x [B, L, D] (reasoning_layers.h): the attention mixer
+// (qkv_proj, q k^T, p v, o_proj) or TRM's token MLP (on x^T [B, D, L]: gate_up, down), then the
+// SwiGLU MLP (gate_up, down).
+struct BlockShape {
+  int64_t batch = 0, len = 0, hidden = 0, heads = 1, inter = 0;
+  int64_t token_mlp_len = 0, token_inter = 0;  // TRM's mlp_t; 0 for attention
+};
+
+double block_forward_flops(const BlockShape& s) {
+  const double B = static_cast<double>(s.batch), L = static_cast<double>(s.len), D = static_cast<double>(s.hidden),
+               I = static_cast<double>(s.inter), N = B * L;
+  double f = 0.0;
+  if (s.token_mlp_len > 0) {
+    const double T = static_cast<double>(s.token_inter), rows = B * D;
+    f += 2 * rows * L * 2 * T + 2 * rows * T * L;
+  } else {
+    const double hd = D / static_cast<double>(s.heads);
+    f += 2 * N * D * 3 * D;                                   // qkv_proj
+    f += 2 * 2 * B * static_cast<double>(s.heads) * L * L * hd;  // scores and probabilities x v
+    f += 2 * N * D * D;                                       // o_proj
+  }
+  f += 2 * N * D * 2 * I + 2 * N * I * D;  // gate_up_proj, down_proj
+  return f;
+}
+
+// A matmul's backward computes the gradients of both operands: twice its forward. Every block of
+// the gradient-carrying calls needs both (the input embeddings, and so every block's input,
+// require grad).
+constexpr double kBackwardFactor = 2.0;
+
+struct StepFlops {
+  double forward = 0, backward = 0;
+  double total() const { return forward + backward; }
+};
+
+// One HRM ACT step (hrm/model.cpp): H_cycles x L_cycles L-level calls and H_cycles H-level calls
+// (L_layers / H_layers blocks each), lm_head on every position and q_head on the first; the last
+// L and H call carry the gradient; training with halt_max_steps > 1 runs the inner forward once
+// more (no grad) for the Q target.
+StepFlops hrm_step_flops(const hrm::HrmConfig& c, bool train) {
+  const int64_t L = c.seq_len + c.puzzle_emb_len();
+  const BlockShape block{c.batch_size, L, c.hidden_size, c.num_heads, c.intermediate_size()};
+  const double per_block = block_forward_flops(block);
+  const double B = static_cast<double>(c.batch_size), D = static_cast<double>(c.hidden_size);
+  const double heads_out = 2 * B * static_cast<double>(L) * D * static_cast<double>(c.vocab_size) + 2 * B * D * 2;
+  const double blocks = static_cast<double>(c.H_cycles * c.L_cycles * c.L_layers + c.H_cycles * c.H_layers);
+  const double inner = blocks * per_block + heads_out;
+  StepFlops f;
+  f.forward = inner;
+  if (!train) return f;
+  if (c.halt_max_steps > 1) f.forward += inner;
+  f.backward = kBackwardFactor * (static_cast<double>(c.L_layers + c.H_layers) * per_block + heads_out);
+  return f;
+}
+
+// One TRM ACT step (trm/model.cpp): H_cycles rounds of L_cycles z_L updates and one z_H update,
+// each a call of the L_layers blocks; the last round carries the gradient. Without Q-continue
+// (no_ACT_continue, the default) there is no extra pass for a Q target.
+StepFlops trm_step_flops(const hrm::HrmConfig& c, bool train) {
+  const int64_t L = c.seq_len + c.puzzle_emb_len();
+  BlockShape block{c.batch_size, L, c.hidden_size, c.num_heads, c.intermediate_size()};
+  if (c.mlp_t) {
+    block.token_mlp_len = L;
+    block.token_inter = nn::swiglu_width(L, c.expansion);
+  }
+  const double per_call = static_cast<double>(c.L_layers) * block_forward_flops(block);
+  const double B = static_cast<double>(c.batch_size), D = static_cast<double>(c.hidden_size);
+  const double heads_out = 2 * B * static_cast<double>(L) * D * static_cast<double>(c.vocab_size) + 2 * B * D * 2;
+  const double round = static_cast<double>(c.L_cycles + 1) * per_call;
+  const double inner = static_cast<double>(c.H_cycles) * round + heads_out;
+  StepFlops f;
+  f.forward = inner;
+  if (!train) return f;
+  if (c.halt_max_steps > 1 && !c.no_ACT_continue) f.forward += inner;
+  f.backward = kBackwardFactor * (round + heads_out);
+  return f;
+}
+
+StepFlops step_flops(const hrm::HrmConfig& c, bool train) {
+  return c.is_trm() ? trm_step_flops(c, train) : hrm_step_flops(c, train);
+}
+
+// ---- this machine's GEMM rate --------------------------------------------------------------------
+
+// x [M, K] times a weight [N, K] transposed, as CastedLinear runs it: GFLOP/s of the median and of
+// the fastest of 10 warm runs.
+std::pair<double, double> gemm_gflops(int64_t M, int64_t K, int64_t N, const c10::Device& device) {
+  const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device);
+  const auto x = torch::randn({M, K}, opts), w = torch::randn({N, K}, opts);
+  auto out = torch::empty({M, N}, opts);
+  std::vector<double> seconds;
+  for (int i = 0; i < 12; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    torch::mm_out(out, x, w.t());
+    if (device.is_cuda()) torch::cuda::synchronize();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (i >= 2) seconds.push_back(s);
+  }
+  std::sort(seconds.begin(), seconds.end());
+  const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(K) * static_cast<double>(N);
+  const double median = 0.5 * (seconds[seconds.size() / 2 - 1] + seconds[seconds.size() / 2]);
+  return {flops / median / 1e9, flops / seconds.front() / 1e9};
+}
+
+// The linear layers' shapes of one block, forward: [B*L, D] x [D, 3D], [D, D] (or TRM's token MLP
+// [B*D, L] x [L, 2T], [T, L]), then [D, 2I], [I, D].
+// The rate is FLOP-weighted over them (total FLOPs / total time): of the median runs (the one the
+// floor uses: a typical rate, as a step's many GEMMs see it) and of the fastest.
+struct GemmRate {
+  double median = 0, best = 0;
+  Json by_shape = Json::object();  // median rate per shape
+};
+
+GemmRate measured_gemm_rate(const hrm::HrmConfig& c, const c10::Device& device) {
+  torch::NoGradGuard no_grad;
+  const int64_t L = c.seq_len + c.puzzle_emb_len(), M = c.batch_size * L, D = c.hidden_size, I = c.intermediate_size();
+  // [M, K, N]: the mixer's (attention's projections, or TRM's token MLP on [B*D, L]), then the MLP's.
+  std::vector<std::array<int64_t, 3>> shapes;
+  if (c.is_trm() && c.mlp_t) {
+    const int64_t T = nn::swiglu_width(L, c.expansion);
+    shapes = {{c.batch_size * D, L, 2 * T}, {c.batch_size * D, T, L}};
+  } else {
+    shapes = {{M, D, 3 * D}, {M, D, D}};
+  }
+  shapes.push_back({M, D, 2 * I});
+  shapes.push_back({M, I, D});
+  double flops = 0, median_s = 0, best_s = 0;
+  GemmRate rate;
+  for (const auto& [M, K, N] : shapes) {
+    const auto [median, best] = gemm_gflops(M, K, N, device);
+    const double f = 2.0 * static_cast<double>(M * K * N);
+    flops += f;
+    median_s += f / (median * 1e9);
+    best_s += f / (best * 1e9);
+    rate.by_shape[std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N)] = median;
+  }
+  rate.median = flops / median_s / 1e9;
+  rate.best = flops / best_s / 1e9;
+  return rate;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   return run_main("hrm_bench", [&] {
@@ -24,15 +176,20 @@ int main(int argc, char** argv) {
         .option("warmup", "untimed steps first", "2")
         .option("dtype", std::string(kDtypeChoices) + "; auto: the file's forward_dtype where the device runs it natively, else float32", "auto")
         .option("attention", "exact (reference order) or sdpa (LibTorch's kernel)", "exact")
+        .option("fused", "on: the layers' fused float32 CPU kernels (default); off: the plain op chains", "on")
         .common_options();
     if (!args.parse(argc, argv, 0)) return 0;
     const std::string mode = args.get("mode");
     if (mode != "train" && mode != "eval") throw UsageError("--mode must be train or eval");
     const int threads = configure_threads(static_cast<int>(args.get_int("threads")));
+    keep_freed_memory();  // no page faults on the activations re-allocated every step
     const auto device = resolve_device(args.get("device"));
     const std::string attention = args.get("attention");
     if (attention != "exact" && attention != "sdpa") throw UsageError("--attention must be exact or sdpa");
     hrm::set_attention_kernel(attention == "sdpa" ? hrm::AttentionKernel::kSdpa : hrm::AttentionKernel::kExact);
+    const std::string fused = args.get("fused");
+    if (fused != "on" && fused != "off") throw UsageError("--fused must be on or off");
+    nn::set_fused_kernels(fused == "on");
 
     const std::string path = args.require("config");
     Json file = read_json_file(path);
@@ -94,6 +251,9 @@ int main(int argc, char** argv) {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double peak_mb = peak_rss_mb();
     const double ms = 1000.0 * seconds / static_cast<double>(steps);
+    const auto flops = step_flops(config, mode == "train");
+    const auto gemm = config.dtype() == torch::kFloat ? measured_gemm_rate(config, device) : GemmRate{};
+    const double floor_ms = gemm.median > 0 ? flops.total() / (gemm.median * 1e6) : 0.0;
     Json line = {{"mode", mode},
                  {"device", device.str()},
                  {"threads", threads},
@@ -101,10 +261,21 @@ int main(int argc, char** argv) {
                  {"native_bfloat16", cpu_info().native_bfloat16},
                  {"dtype", config.forward_dtype},
                  {"attention", attention},
+                 {"fused_kernels", fused == "on" ? std::string(nn::fused_kernels_capability()) : "off"},
                  {"steps", steps},
                  {"ms_per_step", ms},
                  {"examples_per_s", static_cast<double>(batch_size) * 1000.0 / ms},
-                 {"peak_rss_mb", peak_mb}};
+                 {"peak_rss_mb", peak_mb},
+                 // Matmul FLOPs of one step; the float32 GEMM rate measured here at the model's
+                 // linear-layer shapes (median runs; 0 for other dtypes); floor = FLOPs / rate.
+                 {"gflop_per_step", flops.total() / 1e9},
+                 {"gflop_forward", flops.forward / 1e9},
+                 {"gflop_backward", flops.backward / 1e9},
+                 {"gemm_gflops", gemm.median},
+                 {"gemm_gflops_best", gemm.best},
+                 {"gemm_gflops_by_shape", gemm.by_shape},
+                 {"floor_ms", floor_ms},
+                 {"ratio_to_floor", floor_ms > 0 ? ms / floor_ms : 0.0}};
     std::cout << line.dump() << std::endl;
     return 0;
   });

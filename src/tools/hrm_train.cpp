@@ -59,6 +59,7 @@ int main(int argc, char** argv) {
     // From here on SIGINT/SIGTERM ask the trainer to save and stop after the current step.
     install_stop_signal_handlers();
     configure_threads(static_cast<int>(args.get_int("threads")));
+    keep_freed_memory();  // no page faults on the activations re-allocated every step
     const auto device = resolve_device(args.get("device"));
 
     Json config;

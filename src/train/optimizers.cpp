@@ -1,6 +1,8 @@
 #include <hrmclara/errors.h>
 #include <hrmclara/optim.h>
 
+#include "nn/fused_ops.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -23,6 +25,9 @@ void AdamATan2::step() {
       s.exp_avg_sq = torch::zeros_like(s.param);
     }
     s.step += 1;
+    // float32 on the CPU: the same update in one vectorised pass over the four tensors (the
+    // op-by-op form below reads and writes them eight times).
+    if (nn::fused::adam_atan2_step(s.param, grad, s.exp_avg, s.exp_avg_sq, lr, b1, b2, wd, s.step)) continue;
     const double t = static_cast<double>(s.step);
     const double bias1 = 1.0 - std::pow(b1, t), bias2_sqrt = std::sqrt(1.0 - std::pow(b2, t));
     s.param.mul_(1.0 - lr * wd);

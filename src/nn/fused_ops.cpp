@@ -1,0 +1,384 @@
+// Fused element-wise ops of the HRM/TRM layers; see fused_ops.h. This file holds the plain forms,
+// the autograd functions and the threading; the float32 loops are in fused_kernels.cpp.
+//
+// Compiled with OpenMP (src/CMakeLists.txt) because at::parallel_for is an inline OpenMP region in
+// the wheel's LibTorch: without it the loops would run on one thread.
+#include "nn/fused_ops.h"
+
+#include "nn/fused_kernels.h"
+
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <initializer_list>
+#include <string>
+
+namespace hrmclara::nn::fused {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+std::atomic<bool> g_enabled{true};
+
+const Kernels& table() {
+  // ATen's choice, made once (ATEN_CPU_CAPABILITY is read at start-up there too).
+  static const Kernels* chosen = [] {
+#if defined(HRMCLARA_FUSED_X86)
+    const std::string cap = at::get_cpu_capability();
+    if (cap == "AVX512") return &kernels_avx512();
+    if (cap == "AVX2") return &kernels_avx2();
+#endif
+    return &kernels_default();
+  }();
+  return *chosen;
+}
+
+bool fusable(const at::Tensor& t) {
+  return g_enabled.load(std::memory_order_relaxed) && t.defined() && t.device().is_cpu() &&
+         t.scalar_type() == at::kFloat;
+}
+
+// The precision of the layers' element-wise reductions: float32, or the activations' own when
+// wider (float64).
+at::ScalarType compute_dtype(at::ScalarType t) { return at::promote_types(t, at::kFloat); }
+
+// Splits `rows` rows of `row_cost` elements each over ATen's intra-op threads, in chunks of at
+// least ~8k elements: smaller chunks cost more in the fork/join than the work they save.
+template <class F>
+void parallel_rows(int64_t rows, int64_t row_cost, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, row_cost));
+  at::parallel_for(0, rows, grain, f);
+}
+
+int64_t rows_of(const at::Tensor& t) { return t.dim() == 0 ? 1 : t.numel() / t.size(-1); }
+
+// ---- add + RMSNorm ----------------------------------------------------------------------------
+
+void add_rms_norm_into(const at::Tensor& x, const at::Tensor& r, at::Tensor& y, float* rstd, double eps) {
+  const int64_t n = x.size(-1), rows = rows_of(x);
+  const float *xp = x.const_data_ptr<float>(), *rp = r.const_data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const auto& k = table();
+  parallel_rows(rows, n, [&](int64_t b, int64_t e) { k.add_rms_norm(xp, rp, yp, rstd, n, static_cast<float>(eps), b, e); });
+}
+
+struct AddRmsNormFn : public torch::autograd::Function<AddRmsNormFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& r, double eps) {
+    const auto xc = x.contiguous(), rc = r.contiguous();
+    auto y = at::empty(xc.sizes(), xc.options());
+    auto rstd = at::empty({rows_of(xc)}, xc.options());
+    add_rms_norm_into(xc, rc, y, rstd.data_ptr<float>(), eps);
+    ctx->save_for_backward({y, rstd});
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& y = saved[0];
+    const auto& rstd = saved[1];
+    const auto gy = grads[0].contiguous();
+    auto gx = at::empty(y.sizes(), y.options());
+    const int64_t n = y.size(-1);
+    const float *gp = gy.const_data_ptr<float>(), *yp = y.const_data_ptr<float>(), *sp = rstd.const_data_ptr<float>();
+    float* out = gx.data_ptr<float>();
+    const auto& k = table();
+    parallel_rows(rows_of(y), n, [&](int64_t b, int64_t e) { k.rms_norm_backward(gp, yp, sp, out, n, b, e); });
+    return {gx, gx, at::Tensor()};
+  }
+};
+
+// ---- SwiGLU -------------------------------------------------------------------------------------
+
+struct SwigluFn : public torch::autograd::Function<SwigluFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& gate_up) {
+    const auto gu = gate_up.contiguous();
+    const int64_t inter = gu.size(-1) / 2;
+    auto sizes = gu.sizes().vec();
+    sizes.back() = inter;
+    auto out = at::empty(sizes, gu.options());
+    const float* in = gu.const_data_ptr<float>();
+    float* o = out.data_ptr<float>();
+    const auto& k = table();
+    parallel_rows(rows_of(gu), 2 * inter, [&](int64_t b, int64_t e) { k.swiglu(in, o, inter, inter, b, e); });
+    ctx->save_for_backward({gu});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto gu = ctx->get_saved_variables()[0];
+    const auto go = grads[0].contiguous();
+    const int64_t inter = gu.size(-1) / 2;
+    auto ggu = at::empty(gu.sizes(), gu.options());
+    const float *gp = go.const_data_ptr<float>(), *in = gu.const_data_ptr<float>();
+    float* out = ggu.data_ptr<float>();
+    const auto& k = table();
+    parallel_rows(rows_of(gu), 4 * inter, [&](int64_t b, int64_t e) { k.swiglu_backward(gp, in, out, inter, b, e); });
+    return {ggu};
+  }
+};
+
+// ---- split into heads + RoPE ------------------------------------------------------------------
+
+bool rope_tables_fit(const at::Tensor& cos, const at::Tensor& sin, int64_t L, int64_t hd) {
+  if (!cos.defined() && !sin.defined()) return true;
+  auto ok = [&](const at::Tensor& t) {
+    return t.defined() && t.device().is_cpu() && t.scalar_type() == at::kFloat && t.dim() == 2 && t.size(0) == L &&
+           t.size(1) == hd && t.is_contiguous();
+  };
+  return ok(cos) && ok(sin);
+}
+
+// q, k, v [B, heads, L, hd] from qkv [B, L, 3 * heads * hd].
+variable_list split_heads_rope_run(const at::Tensor& qkv, int64_t heads, const at::Tensor& cos, const at::Tensor& sin) {
+  const auto in = qkv.contiguous();
+  const int64_t B = in.size(0), L = in.size(1), hd = in.size(2) / (3 * heads);
+  auto q = at::empty({B, heads, L, hd}, in.options());
+  auto k = at::empty_like(q), v = at::empty_like(q);
+  const RopeSplitArgs args{in.const_data_ptr<float>(),
+                           cos.defined() ? cos.const_data_ptr<float>() : nullptr,
+                           sin.defined() ? sin.const_data_ptr<float>() : nullptr,
+                           q.data_ptr<float>(),
+                           k.data_ptr<float>(),
+                           v.data_ptr<float>(),
+                           L,
+                           heads,
+                           hd};
+  const auto& kern = table();
+  parallel_rows(B * L, in.size(2), [&](int64_t b, int64_t e) { kern.rope_split(args, b, e); });
+  return {q, k, v};
+}
+
+// The rotary tables ride along as a plain argument, not tensor inputs: they are constants (no
+// gradient), and autograd's bookkeeping refuses undefined tensors (no rotary embedding).
+struct RopeTables {
+  at::Tensor cos, sin;
+};
+
+struct SplitHeadsRopeFn : public torch::autograd::Function<SplitHeadsRopeFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& qkv, int64_t heads, const RopeTables& rope) {
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["cos"] = rope.cos;
+    ctx->saved_data["sin"] = rope.sin;
+    ctx->saved_data["B"] = qkv.size(0);
+    ctx->saved_data["L"] = qkv.size(1);
+    return split_heads_rope_run(qkv, heads, rope.cos, rope.sin);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const int64_t heads = ctx->saved_data["heads"].toInt(), B = ctx->saved_data["B"].toInt(),
+                  L = ctx->saved_data["L"].toInt();
+    const auto cos = ctx->saved_data["cos"].toTensor(), sin = ctx->saved_data["sin"].toTensor();
+    at::Tensor g[3];
+    int64_t hd = 0;
+    for (int i = 0; i < 3; ++i) {
+      if (grads[i].defined()) {
+        g[i] = grads[i].contiguous();
+        hd = g[i].size(-1);
+      }
+    }
+    if (hd == 0) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    auto opts = (g[0].defined() ? g[0] : g[1].defined() ? g[1] : g[2]).options();
+    auto gqkv = at::empty({B, L, 3 * heads * hd}, opts);
+    auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; };
+    const RopeSplitBackwardArgs args{ptr(g[0]),  ptr(g[1]), ptr(g[2]), ptr(cos), ptr(sin), gqkv.data_ptr<float>(),
+                                     L,          heads,     hd};
+    const auto& kern = table();
+    parallel_rows(B * L, 3 * heads * hd, [&](int64_t b, int64_t e) { kern.rope_split_backward(args, b, e); });
+    return {gqkv, at::Tensor(), at::Tensor()};
+  }
+};
+
+// ---- softmax(x / scale) -------------------------------------------------------------------------
+
+void softmax_rows(const at::Tensor& x, at::Tensor& y, double scale) {
+  const int64_t n = x.size(-1);
+  const float* xp = x.const_data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const auto& k = table();
+  // exp makes a row ~4x the cost of a plain element-wise pass.
+  parallel_rows(rows_of(x), 4 * n, [&](int64_t b, int64_t e) { k.scaled_softmax(xp, yp, n, static_cast<float>(scale), b, e); });
+}
+
+struct ScaledSoftmaxFn : public torch::autograd::Function<ScaledSoftmaxFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& scores, double scale) {
+    const auto x = scores.contiguous();
+    auto y = at::empty(x.sizes(), x.options());
+    softmax_rows(x, y, scale);
+    ctx->save_for_backward({y});
+    ctx->saved_data["scale"] = scale;
+    return y;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto y = ctx->get_saved_variables()[0];
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const auto gy = grads[0].contiguous();
+    auto gx = at::empty(y.sizes(), y.options());
+    const int64_t n = y.size(-1);
+    const float *gp = gy.const_data_ptr<float>(), *yp = y.const_data_ptr<float>();
+    float* out = gx.data_ptr<float>();
+    const auto& k = table();
+    parallel_rows(rows_of(y), 2 * n, [&](int64_t b, int64_t e) {
+      k.scaled_softmax_backward(gp, yp, out, n, static_cast<float>(scale), b, e);
+    });
+    return {gx, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor rms_norm(const at::Tensor& x, double eps) {
+  const auto in_dtype = x.scalar_type();
+  const auto h = x.to(compute_dtype(in_dtype));
+  return (h * at::rsqrt(h.pow(2).mean(-1, /*keepdim=*/true) + eps)).to(in_dtype);
+}
+
+bool enabled() { return g_enabled.load(); }
+void set_enabled(bool on) { g_enabled.store(on); }
+const char* capability() { return table().name; }
+
+// ---- the plain forms: the layers' op chains as they were ----------------------------------------
+
+namespace plain {
+
+at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& r, double eps) { return rms_norm(x + r, eps); }
+
+at::Tensor swiglu(const at::Tensor& gate_up) {
+  auto parts = gate_up.chunk(2, -1);
+  if (!at::GradMode::is_enabled()) {
+    // In place on gate_up (a fresh projection output): no intermediate-sized tensors.
+    auto gate = parts[0];
+    at::silu_(gate);
+    return gate.mul_(parts[1]);
+  }
+  return at::silu(parts[0]) * parts[1];
+}
+
+namespace {
+// NeoX rotate_half on the last dimension.
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> split_heads_rope(const at::Tensor& qkv, int64_t heads,
+                                                                const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t B = qkv.size(0), L = qkv.size(1), hd = qkv.size(2) / (3 * heads);
+  const auto view = qkv.view({B, L, 3 * heads, hd});
+  auto q = view.narrow(2, 0, heads), k = view.narrow(2, heads, heads), v = view.narrow(2, 2 * heads, heads);
+  if (cos.defined()) {
+    // RoPE in the tables' float32 (float64 activations keep float64), back to the activation dtype.
+    const auto dtype = q.scalar_type(), rope_dtype = compute_dtype(dtype);
+    const auto c = cos.unsqueeze(-2).to(rope_dtype), s = sin.unsqueeze(-2).to(rope_dtype);
+    auto qf = q.to(rope_dtype), kf = k.to(rope_dtype);
+    if (!at::GradMode::is_enabled()) {
+      q = (qf * c).add_(rotate_half(qf).mul_(s)).to(dtype);
+      k = (kf * c).add_(rotate_half(kf).mul_(s)).to(dtype);
+    } else {
+      q = (qf * c + rotate_half(qf) * s).to(dtype);
+      k = (kf * c + rotate_half(kf) * s).to(dtype);
+    }
+  }
+  return {q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)};
+}
+
+at::Tensor scaled_softmax(const at::Tensor& scores, double scale) {
+  const auto dtype = scores.scalar_type();
+  const auto scaled = at::GradMode::is_enabled() ? scores / scale : at::Tensor(scores).div_(scale);
+  return at::softmax(scaled.to(compute_dtype(dtype)), -1).to(dtype);
+}
+
+}  // namespace plain
+
+// ---- dispatch -------------------------------------------------------------------------------------
+
+at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& r, double eps) {
+  if (!fusable(x) || !fusable(r) || x.sizes() != r.sizes() || x.dim() == 0) return plain::add_rms_norm(x, r, eps);
+  if (at::GradMode::is_enabled() && (x.requires_grad() || r.requires_grad())) return AddRmsNormFn::apply(x, r, eps);
+  at::NoGradGuard no_grad;
+  auto y = at::empty(x.sizes(), x.options());
+  add_rms_norm_into(x.contiguous(), r.contiguous(), y, nullptr, eps);
+  return y;
+}
+
+at::Tensor add_rms_norm_(at::Tensor out, const at::Tensor& x, const at::Tensor& r, double eps) {
+  if (fusable(x) && fusable(r) && fusable(out) && x.sizes() == r.sizes() && out.sizes() == x.sizes() &&
+      out.is_contiguous() && x.dim() > 0) {
+    add_rms_norm_into(x.contiguous(), r.contiguous(), out, nullptr, eps);
+    return out;
+  }
+  // The plain in-place chain: the sum into out, then the scale in float32 (or float64); narrower
+  // dtypes are normalised out of place in float32, as rms_norm does.
+  if (out.is_same(x))
+    out.add_(r);
+  else if (out.is_same(r))
+    out.add_(x);
+  else
+    out.copy_(x).add_(r);
+  if (out.scalar_type() != compute_dtype(out.scalar_type())) return rms_norm(out, eps);
+  return out.mul_(at::rsqrt(out.pow(2).mean(-1, /*keepdim=*/true) + eps));
+}
+
+at::Tensor swiglu(const at::Tensor& gate_up) {
+  if (!fusable(gate_up) || gate_up.dim() == 0 || gate_up.size(-1) % 2 != 0) return plain::swiglu(gate_up);
+  if (at::GradMode::is_enabled() && gate_up.requires_grad()) return SwigluFn::apply(gate_up);
+  // Without autograd the result overwrites the gate half of gate_up, as the plain form does: the
+  // down projection reads it with a row stride of 2I, and no new tensor is made.
+  const auto gu = gate_up.contiguous();
+  const int64_t inter = gu.size(-1) / 2;
+  float* p = gu.data_ptr<float>();
+  const auto& k = table();
+  parallel_rows(rows_of(gu), 2 * inter, [&](int64_t b, int64_t e) { k.swiglu(p, p, inter, 2 * inter, b, e); });
+  return gu.narrow(-1, 0, inter);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> split_heads_rope(const at::Tensor& qkv, int64_t heads,
+                                                                const at::Tensor& cos, const at::Tensor& sin) {
+  if (!fusable(qkv) || qkv.dim() != 3 || heads <= 0 || qkv.size(2) % (3 * heads) != 0 ||
+      (qkv.size(2) / (3 * heads)) % 2 != 0 || !rope_tables_fit(cos, sin, qkv.size(1), qkv.size(2) / (3 * heads)))
+    return plain::split_heads_rope(qkv, heads, cos, sin);
+  const auto out = at::GradMode::is_enabled() && qkv.requires_grad() ? SplitHeadsRopeFn::apply(qkv, heads, RopeTables{cos, sin})
+                                                                      : split_heads_rope_run(qkv, heads, cos, sin);
+  return {out[0], out[1], out[2]};
+}
+
+at::Tensor scaled_softmax(const at::Tensor& scores, double scale) {
+  // (The kernel takes the row max before dividing, which needs scale > 0.)
+  if (!fusable(scores) || scores.dim() == 0 || !(scale > 0)) return plain::scaled_softmax(scores, scale);
+  if (at::GradMode::is_enabled() && scores.requires_grad()) return ScaledSoftmaxFn::apply(scores, scale);
+  if (scores.is_contiguous()) {
+    at::Tensor y = scores;
+    softmax_rows(scores, y, scale);
+    return y;
+  }
+  const auto x = scores.contiguous();
+  auto y = at::empty(x.sizes(), x.options());
+  softmax_rows(x, y, scale);
+  return y;
+}
+
+bool adam_atan2_step(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                     double lr, double beta1, double beta2, double weight_decay, int64_t step) {
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&param, &grad, &exp_avg, &exp_avg_sq})
+    if (!fusable(*t) || !t->is_contiguous() || t->numel() != param.numel()) return false;
+  const double t = static_cast<double>(step);
+  // The scalars as the op-by-op update makes them (computed in double, used in float32).
+  AdamAtan2Args a{param.data_ptr<float>(),
+                  grad.const_data_ptr<float>(),
+                  exp_avg.data_ptr<float>(),
+                  exp_avg_sq.data_ptr<float>(),
+                  static_cast<float>(1.0 - lr * weight_decay),
+                  static_cast<float>(1.0 - beta1),
+                  static_cast<float>(1.0 - beta2),
+                  static_cast<float>(std::sqrt(1.0 - std::pow(beta2, t))),
+                  static_cast<float>(-lr / (1.0 - std::pow(beta1, t)))};
+  const auto& k = table();
+  at::parallel_for(0, param.numel(), 16384, [&](int64_t b, int64_t e) { k.adam_atan2(a, b, e); });
+  // Written through raw pointers: tell autograd's version counters, as in-place ops would.
+  for (at::Tensor* t : {&param, &exp_avg, &exp_avg_sq}) t->unsafeGetTensorImpl()->bump_version();
+  return true;
+}
+
+}  // namespace hrmclara::nn::fused

@@ -1,0 +1,67 @@
+// Fused CPU kernels for the element-wise chains of the HRM/TRM layers (reasoning_layers.cpp), with
+// autograd support. Internal to the library.
+//
+// Each op has a plain form: the ATen op chain the layers used before, kept here as the reference
+// and as the fallback. The fused kernels run for float32 tensors on the CPU (when enabled, the
+// default); any other dtype (float64 for the parity tests, bf16) or device takes the plain form,
+// so its numerics are exactly those of the chain. For float32 the fused forms agree with the
+// plain ones to rounding: the element-wise parts round as the chain does, the row reductions
+// (sum of squares, max/sum of the softmax, the dot products of the backward passes) add in
+// another order. tests/nn/test_fused_ops.cpp states the bounds per op.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace hrmclara::nn::fused {
+
+// Whether the fused kernels run for float32 CPU tensors (default true; see
+// reasoning_layers.h: set_fused_kernels). The tests and benchmarks switch them off to compare.
+bool enabled();
+void set_enabled(bool on);
+// The table in use: "avx512", "avx2" or "default", following ATen's CPU capability.
+const char* capability();
+
+// x * rsqrt(mean(x^2) + eps) over the last dimension, no weight, computed in float32 (or float64
+// activations' own) and cast back: the plain op chain (reasoning_layers.h: rms_norm).
+at::Tensor rms_norm(const at::Tensor& x, double eps);
+
+// rms_norm(x + r) over the last dimension without a weight, in float32 (float64 stays float64):
+// h = x + r; h * rsqrt(mean(h^2) + eps). Differentiable in x and r.
+at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& r, double eps);
+// The same without autograd, written into `out` (a tensor nobody else holds, of x's shape; it may
+// be x or r themselves). Returns out, except for dtypes narrower than float32 (bf16), whose
+// normalisation runs out of place in float32 as rms_norm's does (out then holds x + r).
+at::Tensor add_rms_norm_(at::Tensor out, const at::Tensor& x, const at::Tensor& r, double eps);
+
+// SwiGLU's activation: gate_up [..., 2I] -> silu(gate) * up [..., I], gate the first half (as
+// chunk(2, -1)). Differentiable. Without grad mode the plain form runs in place on gate_up.
+at::Tensor swiglu(const at::Tensor& gate_up);
+
+// The attention input: qkv [B, L, 3 * heads * hd] (rows [0, D) of qkv_proj are Q, then K, then V)
+// split into q, k, v [B, heads, L, hd], with RoPE (NeoX rotate_half; cos, sin [L, hd], or undefined
+// for none) applied to q and k in float32. Differentiable in qkv. The fused form writes q, k, v
+// contiguous; the plain form returns transposed views as the layers did.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> split_heads_rope(const at::Tensor& qkv, int64_t heads,
+                                                                const at::Tensor& cos, const at::Tensor& sin);
+
+// softmax(scores / scale) over the last dimension, computed in float32 (float64 stays float64)
+// and returned in scores' dtype. Differentiable. Without grad mode it may overwrite `scores`.
+at::Tensor scaled_softmax(const at::Tensor& scores, double scale);
+
+// The plain forms (the references of the tests).
+namespace plain {
+at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& r, double eps);
+at::Tensor swiglu(const at::Tensor& gate_up);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> split_heads_rope(const at::Tensor& qkv, int64_t heads,
+                                                                const at::Tensor& cos, const at::Tensor& sin);
+at::Tensor scaled_softmax(const at::Tensor& scores, double scale);
+}  // namespace plain
+
+// AdamATan2's update of one parameter (see optim.h) in one pass; false when it does not apply
+// (not float32 CPU contiguous tensors of one shape, or the kernels are off), leaving all untouched.
+bool adam_atan2_step(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                     double lr, double beta1, double beta2, double weight_decay, int64_t step);
+
+}  // namespace hrmclara::nn::fused

@@ -1,0 +1,438 @@
+// The fused CPU kernels of the HRM/TRM layers (src/nn/fused_ops.h) against the plain ATen op chains
+// they replace: forward and gradients, random shapes (row lengths that are not multiples of any
+// vector width, single rows, non-contiguous inputs), the no-grad in-place forms, the float64
+// fallback (checked by finite differences, as torch.autograd.gradcheck does), whole blocks (the
+// attention block and TRM's token-mixing block) and AdamATan2's fused step.
+//
+// Bounds, all relative to the largest magnitude of the reference (test::rel_error), and the largest
+// errors measured over these tests with ATen's AVX-512, AVX2 and scalar kernels (the fused ones
+// follow ATen's choice; ZzPrintMeasuredErrors prints them):
+// - split_heads_rope, forward and backward: bitwise (measured 0). Each output element is one
+//   product, or two products and one sum, rounded exactly as the plain chain rounds them (the
+//   kernels are compiled without FMA contraction), and the split/transposes only move values.
+// - add_rms_norm, swiglu, scaled_softmax forward: 1e-6, about 8 float32 ulps (measured 2.4e-7).
+//   The element-wise parts round as the chains do, but the row reductions (RMSNorm's sum of
+//   squares, the softmax's sum, the backward passes' dot products) add in another order than
+//   ATen's reductions, and the plain chains' vector kernels leave their last few elements to
+//   scalar std::exp where the fused ones use the vector exp (both within 1 ulp of exp). A real
+//   fault (a missing 1/n, the wrong half of gate_up, a dropped scale) is 1e-2 or more.
+// - their gradients: 1e-6 (measured 2.5e-7), but 2e-6 for the softmax's (measured 8.7e-7; see
+//   kSoftmaxGradTol).
+// - whole blocks (attention, and TRM's token mixing), fused against plain: 1e-5, forward and
+//   gradients (measured 4.8e-7): the per-op differences pass through matmuls and two norms.
+// - AdamATan2: parameters 1e-6 (measured 2.7e-8; bitwise with AVX2 kernels), see that test.
+#include <hrmclara/optim.h>
+#include <hrmclara/reasoning_layers.h>
+
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "nn/fused_ops.h"
+#include "test_util.h"
+
+namespace hrmclara::nn {
+namespace {
+
+using test::rel_error;
+
+constexpr double kTol = 1e-6;
+// The softmax backward's dot product sum(gy * y) cancels against gy in (gy - dot): the difference
+// of the two implementations' dot products is ~1 ulp of the largest gy * y, which relative to the
+// largest gradient element can be several ulps (measured 8.7e-7, 1.04e-6 before the fused kernel
+// took the max before dividing by the scale).
+constexpr double kSoftmaxGradTol = 2e-6;
+
+// The largest error seen per op, printed at the end of the suite (the figures in the header).
+std::map<std::string, double>& measured() {
+  static std::map<std::string, double> m;
+  return m;
+}
+double record(const std::string& what, double err) {
+  auto& m = measured()[what];
+  m = std::max(m, err);
+  return err;
+}
+
+// Switches the fused kernels for one scope.
+struct FusedScope {
+  explicit FusedScope(bool on) : was(fused::enabled()) { fused::set_enabled(on); }
+  ~FusedScope() { fused::set_enabled(was); }
+  bool was;
+};
+
+// A float32 tensor of `sizes`, non-contiguous when asked (a transposed copy viewed back, so the
+// values are the same but the strides are not).
+torch::Tensor random(std::vector<int64_t> sizes, bool contiguous = true, torch::Dtype dtype = torch::kFloat) {
+  if (contiguous || sizes.size() < 2) return torch::randn(sizes, dtype);
+  std::swap(sizes[0], sizes.back());
+  return torch::randn(sizes, dtype).transpose(0, static_cast<int64_t>(sizes.size()) - 1);
+}
+
+// Row lengths around the vector widths (8 and 16 floats) and the model's.
+const std::vector<int64_t> kLengths = {1, 7, 13, 16, 33, 82, 256};
+
+TEST(FusedOps, KernelTableFollowsAtenCapability) {
+  const std::string aten = at::get_cpu_capability();
+  const std::string ours = fused::capability();
+#if defined(__x86_64__)
+  EXPECT_EQ(ours, aten == "AVX512" ? "avx512" : aten == "AVX2" ? "avx2" : "default") << aten;
+#else
+  EXPECT_EQ(ours, "default");
+#endif
+  // scripts/test.sh's forced runs name their set; the kernels must follow it.
+  if (const char* set = std::getenv("HRMCLARA_KERNEL_SET")) {
+    if (std::string(set) == "avx2") EXPECT_EQ(ours, "avx2");
+    if (std::string(set) == "scalar") EXPECT_EQ(ours, "default");
+  }
+}
+
+// ---- add + RMSNorm ---------------------------------------------------------------------------------
+
+TEST(FusedOps, AddRmsNormForwardAndGradients) {
+  torch::manual_seed(1);
+  for (const int64_t n : kLengths) {
+    for (const bool contiguous : {true, false}) {
+      const auto x0 = random({3, 5, n}, contiguous), r0 = random({3, 5, n}) * 3.0;
+      const auto gy = torch::randn({3, 5, n});
+      auto run = [&](bool fused_on) {
+        FusedScope scope(fused_on);
+        const auto x = x0.clone().requires_grad_(true), r = r0.clone().requires_grad_(true);
+        const auto y = fused::add_rms_norm(x, r, 1e-5);
+        y.backward(gy);
+        return std::vector<torch::Tensor>{y.detach(), x.grad(), r.grad()};
+      };
+      const auto f = run(true), p = run(false);
+      const std::string at = "n=" + std::to_string(n) + (contiguous ? "" : " strided");
+      EXPECT_LE(record("add_rms_norm forward", rel_error(f[0], p[0])), kTol) << at;
+      // With one element a row normalises to +-1 and its gradient is eps-sized rounding noise.
+      if (n > 1) {
+        EXPECT_LE(record("add_rms_norm backward", rel_error(f[1], p[1])), kTol) << at;
+        EXPECT_LE(record("add_rms_norm backward", rel_error(f[2], p[2])), kTol) << at;
+      }
+      // Against float64, the fused forward is as close as the plain one (same float32 rounding).
+      const auto y64 = fused::plain::add_rms_norm(x0.to(torch::kDouble), r0.to(torch::kDouble), 1e-5);
+      EXPECT_LE(rel_error(f[0], y64), 1e-6) << at;
+    }
+  }
+}
+
+TEST(FusedOps, AddRmsNormInPlaceWritesTheBufferAndMatches) {
+  torch::manual_seed(2);
+  torch::NoGradGuard no_grad;
+  for (const int64_t n : kLengths) {
+    const auto x = torch::randn({4, 9, n}), r = torch::randn({4, 9, n});
+    const auto want = fused::plain::add_rms_norm(x, r, 1e-5);
+    const auto out_of_place = fused::add_rms_norm(x, r, 1e-5);
+    // into r (the sublayer output, as the blocks call it), into x, and into a third buffer
+    auto r1 = r.clone();
+    const auto a = fused::add_rms_norm_(r1, x, r1, 1e-5);
+    EXPECT_TRUE(a.is_same(r1));
+    auto x1 = x.clone();
+    const auto b = fused::add_rms_norm_(x1, x1, r, 1e-5);
+    EXPECT_TRUE(b.is_same(x1));
+    auto out = torch::empty_like(x);
+    fused::add_rms_norm_(out, x, r, 1e-5);
+    EXPECT_TRUE(a.equal(out_of_place)) << n;
+    EXPECT_TRUE(b.equal(out_of_place)) << n;
+    EXPECT_TRUE(out.equal(out_of_place)) << n;
+    EXPECT_LE(rel_error(a, want), kTol) << n;
+  }
+}
+
+// ---- SwiGLU ------------------------------------------------------------------------------------------
+
+TEST(FusedOps, SwigluForwardAndGradients) {
+  torch::manual_seed(3);
+  for (const int64_t inter : kLengths) {
+    for (const bool contiguous : {true, false}) {
+      // Large enough values that exp over- and underflows in both halves of the range.
+      const auto gu0 = random({2, 7, 2 * inter}, contiguous) * 8.0;
+      const auto go = torch::randn({2, 7, inter});
+      auto run = [&](bool fused_on) {
+        FusedScope scope(fused_on);
+        const auto gu = gu0.clone().requires_grad_(true);
+        const auto y = fused::swiglu(gu);
+        y.backward(go);
+        return std::vector<torch::Tensor>{y.detach(), gu.grad()};
+      };
+      const auto f = run(true), p = run(false);
+      const std::string at = "I=" + std::to_string(inter) + (contiguous ? "" : " strided");
+      EXPECT_LE(record("swiglu forward", rel_error(f[0], p[0])), kTol) << at;
+      EXPECT_LE(record("swiglu backward", rel_error(f[1], p[1])), kTol) << at;
+      // The gate is the first half: its gradient's second half is silu(gate) * gout.
+      EXPECT_LE(rel_error(f[1].narrow(-1, inter, inter), torch::silu(gu0.narrow(-1, 0, inter)) * go), kTol) << at;
+    }
+  }
+}
+
+TEST(FusedOps, SwigluWithoutGradOverwritesTheGateHalf) {
+  torch::manual_seed(4);
+  torch::NoGradGuard no_grad;
+  for (const int64_t inter : kLengths) {
+    const auto gu = torch::randn({3, 5, 2 * inter}) * 4.0;
+    const auto want = fused::plain::swiglu(gu.clone());
+    auto buffer = gu.clone();
+    const auto got = fused::swiglu(buffer);
+    EXPECT_EQ(got.data_ptr(), buffer.data_ptr()) << "in place on the gate half";
+    EXPECT_EQ(got.sizes(), want.sizes());
+    EXPECT_LE(rel_error(got, want), kTol) << inter;
+    torch::GradMode::set_enabled(true);
+    EXPECT_TRUE(got.equal(fused::swiglu(gu.clone().requires_grad_(true)).detach())) << "same kernel with autograd";
+    torch::GradMode::set_enabled(false);
+  }
+}
+
+// ---- split into heads + RoPE ---------------------------------------------------------------------
+
+// The model's tables: cos/sin of positions x inverse frequencies, duplicated halves.
+std::pair<torch::Tensor, torch::Tensor> rope_tables(int64_t L, int64_t hd) {
+  const auto inv = 1.0 / torch::pow(10000.0, torch::arange(0, hd, 2, torch::kFloat) / static_cast<double>(hd));
+  const auto freqs = torch::outer(torch::arange(L, torch::kFloat), inv);
+  const auto emb = torch::cat({freqs, freqs}, -1);
+  return {emb.cos(), emb.sin()};
+}
+
+TEST(FusedOps, SplitHeadsRopeIsBitwiseThePlainChain) {
+  torch::manual_seed(5);
+  struct Shape {
+    int64_t B, L, heads, hd;
+  };
+  for (const auto& s : {Shape{2, 5, 1, 2}, Shape{3, 7, 2, 14}, Shape{2, 82, 4, 64}, Shape{1, 9, 3, 34}}) {
+    for (const bool rope : {true, false}) {
+      for (const bool contiguous : {true, false}) {
+        auto [cos, sin] = rope_tables(s.L, s.hd);
+        if (!rope) cos = sin = torch::Tensor();
+        const auto qkv0 = random({s.B, s.L, 3 * s.heads * s.hd}, contiguous);
+        const auto gq = torch::randn({s.B, s.heads, s.L, s.hd}), gk = torch::randn_like(gq), gv = torch::randn_like(gq);
+        auto run = [&](bool fused_on) {
+          FusedScope scope(fused_on);
+          const auto qkv = qkv0.clone().requires_grad_(true);
+          auto [q, k, v] = fused::split_heads_rope(qkv, s.heads, cos, sin);
+          ((q * gq).sum() + (k * gk).sum() + (v * gv).sum()).backward();
+          return std::vector<torch::Tensor>{q.detach(), k.detach(), v.detach(), qkv.grad()};
+        };
+        const auto f = run(true), p = run(false);
+        const std::string at = "hd=" + std::to_string(s.hd) + (rope ? " rope" : "") + (contiguous ? "" : " strided");
+        for (size_t i = 0; i < 4; ++i) {
+          EXPECT_TRUE(test::same_tensor(f[i], p[i])) << at << " output " << i;
+          record(i < 3 ? "split_heads_rope forward" : "split_heads_rope backward", rel_error(f[i], p[i]));
+        }
+        EXPECT_TRUE(f[0].is_contiguous() && f[1].is_contiguous() && f[2].is_contiguous()) << at;
+        // The no-grad form is the same kernel.
+        torch::NoGradGuard no_grad;
+        auto [q, k, v] = fused::split_heads_rope(qkv0, s.heads, cos, sin);
+        EXPECT_TRUE(q.equal(f[0]) && k.equal(f[1]) && v.equal(f[2])) << at;
+      }
+    }
+  }
+}
+
+TEST(FusedOps, SplitHeadsRopeGradientOfUnusedOutputsIsZero) {
+  torch::manual_seed(6);
+  auto [cos, sin] = rope_tables(6, 8);
+  const auto qkv = torch::randn({2, 6, 3 * 2 * 8}).requires_grad_(true);
+  auto [q, k, v] = fused::split_heads_rope(qkv, 2, cos, sin);
+  q.sum().backward();
+  const auto g = qkv.grad();
+  EXPECT_EQ(g.narrow(-1, 16, 32).abs().max().item<float>(), 0.0f);
+  EXPECT_GT(g.narrow(-1, 0, 16).abs().max().item<float>(), 0.0f);
+}
+
+// ---- softmax(x / scale) ---------------------------------------------------------------------------
+
+TEST(FusedOps, ScaledSoftmaxForwardAndGradients) {
+  torch::manual_seed(7);
+  for (const int64_t n : kLengths) {
+    for (const bool contiguous : {true, false}) {
+      // Scores of attention's size (|q.k| up to ~100), including a row of -inf but one.
+      auto s0 = random({2, 3, 5, n}, contiguous) * 30.0;
+      if (n > 1) s0.select(2, 1).narrow(-1, 1, n - 1).fill_(-std::numeric_limits<float>::infinity());
+      const auto gy = torch::randn({2, 3, 5, n});
+      for (const double scale : {8.0, std::sqrt(14.0)}) {
+        auto run = [&](bool fused_on) {
+          FusedScope scope(fused_on);
+          const auto s = s0.clone().requires_grad_(true);
+          const auto y = fused::scaled_softmax(s, scale);
+          y.backward(gy);
+          return std::vector<torch::Tensor>{y.detach(), s.grad()};
+        };
+        const auto f = run(true), p = run(false);
+        const std::string at = "n=" + std::to_string(n) + " scale " + std::to_string(scale) + (contiguous ? "" : " strided");
+        EXPECT_LE(record("scaled_softmax forward", rel_error(f[0], p[0])), kTol) << at;
+        EXPECT_LE(record("scaled_softmax backward", rel_error(f[1], p[1])), kSoftmaxGradTol) << at;
+        EXPECT_TRUE(torch::isfinite(f[1]).all().item<bool>()) << at;
+        // In place without grad: the scores' own storage.
+        torch::NoGradGuard no_grad;
+        auto buffer = s0.contiguous().clone();
+        const auto y = fused::scaled_softmax(buffer, scale);
+        EXPECT_EQ(y.data_ptr(), buffer.data_ptr()) << at;
+        EXPECT_TRUE(y.equal(f[0])) << at;
+      }
+    }
+  }
+}
+
+// ---- float64: the plain chains, checked by finite differences -----------------------------------
+
+// Directional derivative check: <gy, J u> from autograd against (f(x + h u) - f(x - h u)) / 2h.
+void expect_gradient_matches_differences(const std::function<torch::Tensor(const torch::Tensor&)>& f,
+                                         const torch::Tensor& x0, const std::string& what) {
+  const auto x = x0.clone().requires_grad_(true);
+  const auto y = f(x);
+  const auto gy = torch::randn_like(y);
+  y.backward(gy);
+  for (int trial = 0; trial < 3; ++trial) {
+    const auto u = torch::randn_like(x0);
+    const double h = 1e-6;
+    torch::NoGradGuard no_grad;
+    const double numeric = ((f(x0 + h * u) - f(x0 - h * u)) * gy).sum().item<double>() / (2 * h);
+    const double analytic = (x.grad() * u).sum().item<double>();
+    EXPECT_NEAR(analytic, numeric, 1e-6 * std::max(1.0, std::abs(numeric))) << what;
+  }
+}
+
+TEST(FusedOps, Float64TakesThePlainChainsAndTheirGradientsCheckOut) {
+  torch::manual_seed(8);
+  const auto d = torch::kDouble;
+  const auto x = torch::randn({3, 4, 13}, d), r = torch::randn({3, 4, 13}, d);
+  auto [cos32, sin32] = rope_tables(4, 6);
+  const auto cos = cos32.to(d), sin = sin32.to(d);
+  // Bitwise the plain forms (nothing fused runs for float64).
+  EXPECT_TRUE(fused::add_rms_norm(x, r, 1e-5).equal(fused::plain::add_rms_norm(x, r, 1e-5)));
+  EXPECT_TRUE(fused::swiglu(x.narrow(-1, 0, 12)).equal(fused::plain::swiglu(x.narrow(-1, 0, 12))));
+  EXPECT_TRUE(fused::scaled_softmax(x, 3.0).equal(fused::plain::scaled_softmax(x, 3.0)));
+  const auto qkv = torch::randn({2, 4, 3 * 2 * 6}, d);
+  EXPECT_TRUE(std::get<0>(fused::split_heads_rope(qkv, 2, cos, sin)).equal(std::get<0>(fused::plain::split_heads_rope(qkv, 2, cos, sin))));
+
+  expect_gradient_matches_differences([&](const torch::Tensor& t) { return fused::add_rms_norm(t, r, 1e-5); }, x, "rms x");
+  expect_gradient_matches_differences([&](const torch::Tensor& t) { return fused::add_rms_norm(x, t, 1e-5); }, r, "rms r");
+  expect_gradient_matches_differences([](const torch::Tensor& t) { return fused::swiglu(t); }, torch::randn({3, 5, 14}, d), "swiglu");
+  expect_gradient_matches_differences([](const torch::Tensor& t) { return fused::scaled_softmax(t, 2.5); }, x, "softmax");
+  expect_gradient_matches_differences(
+      [&](const torch::Tensor& t) {
+        auto [q, k, v] = fused::split_heads_rope(t, 2, cos, sin);
+        return torch::cat({q, 2 * k, 3 * v}, -1);
+      },
+      qkv, "rope");
+}
+
+// The fused float32 gradients against the float64 ones just checked: float32 rounding only.
+TEST(FusedOps, Float32GradientsAgreeWithTheCheckedFloat64Ones) {
+  torch::manual_seed(9);
+  const auto x = torch::randn({6, 256}), r = torch::randn({6, 256}), gy = torch::randn({6, 256});
+  auto grads = [&](torch::Dtype dtype) {
+    const auto a = x.to(dtype, false, true).requires_grad_(true), b = r.to(dtype, false, true).requires_grad_(true);
+    const auto h = fused::add_rms_norm(a, b, 1e-5);
+    const auto s = fused::scaled_softmax(h * 10, 8.0);
+    const auto y = fused::swiglu(torch::cat({s, h}, -1));
+    y.backward(gy.to(dtype));
+    return std::vector<torch::Tensor>{y, a.grad(), b.grad()};
+  };
+  const auto f32 = grads(torch::kFloat), f64 = grads(torch::kDouble);
+  for (size_t i = 0; i < 3; ++i) EXPECT_LE(record("chain float32 vs float64", rel_error(f32[i], f64[i])), 2e-6) << i;
+}
+
+// ---- blocks ------------------------------------------------------------------------------------------
+
+struct BlockRun {
+  torch::Tensor out, grad_x;
+  std::vector<torch::Tensor> grads;
+};
+
+BlockRun run_block(Block& block, const torch::Tensor& x0, const torch::Tensor& cos, const torch::Tensor& sin,
+                   bool fused_on, bool with_grad) {
+  FusedScope scope(fused_on);
+  BlockRun r;
+  if (!with_grad) {
+    torch::NoGradGuard no_grad;
+    r.out = block->forward(x0, cos, sin);
+    return r;
+  }
+  for (auto& p : block->parameters()) p.mutable_grad() = torch::Tensor();
+  const auto x = x0.clone().requires_grad_(true);
+  r.out = block->forward(x, cos, sin);
+  (r.out * torch::linspace(-1, 1, r.out.numel()).view(r.out.sizes())).sum().backward();
+  r.out = r.out.detach();
+  r.grad_x = x.grad();
+  for (auto& p : block->parameters()) r.grads.push_back(p.grad().clone());
+  return r;
+}
+
+void expect_block_matches_plain(const BlockOptions& o, int64_t B, int64_t L, bool rope) {
+  torch::manual_seed(10);
+  Block block(o);
+  torch::Tensor cos, sin;
+  if (rope) std::tie(cos, sin) = rope_tables(L, o.hidden_size / o.num_heads);
+  const auto x = torch::randn({B, L, o.hidden_size});
+  for (const bool with_grad : {false, true}) {
+    const auto f = run_block(block, x, cos, sin, true, with_grad), p = run_block(block, x, cos, sin, false, with_grad);
+    const std::string what = o.token_mlp_len > 0 ? "token-mixing block" : "attention block";
+    EXPECT_LE(record(what + " forward", rel_error(f.out, p.out)), 1e-5) << (with_grad ? "grad mode" : "no grad");
+    if (!with_grad) continue;
+    EXPECT_LE(record(what + " gradients", rel_error(f.grad_x, p.grad_x)), 1e-5);
+    ASSERT_EQ(f.grads.size(), p.grads.size());
+    for (size_t i = 0; i < f.grads.size(); ++i)
+      EXPECT_LE(record(what + " gradients", rel_error(f.grads[i], p.grads[i])), 1e-5) << "parameter " << i;
+  }
+  // bf16 never takes a fused kernel: bitwise the plain chains.
+  block->to(torch::kBFloat16);
+  const auto xb = x.to(torch::kBFloat16);
+  torch::NoGradGuard no_grad;
+  const auto fb = run_block(block, xb, cos, sin, true, false), pb = run_block(block, xb, cos, sin, false, false);
+  EXPECT_TRUE(fb.out.equal(pb.out)) << "bf16";
+}
+
+TEST(FusedOps, AttentionBlockMatchesThePlainChains) {
+  BlockOptions o;
+  o.hidden_size = 64;
+  o.num_heads = 4;
+  expect_block_matches_plain(o, 3, 11, true);
+  expect_block_matches_plain(o, 2, 9, false);
+}
+
+TEST(FusedOps, TokenMixingBlockMatchesThePlainChains) {
+  // TRM's mlp_t: the first norm runs over positions (the transposed axis).
+  BlockOptions o;
+  o.hidden_size = 48;
+  o.num_heads = 1;
+  o.token_mlp_len = 11;
+  expect_block_matches_plain(o, 3, 11, false);
+}
+
+// ---- AdamATan2 -------------------------------------------------------------------------------------
+
+TEST(FusedOps, AdamAtan2FusedStepMatchesTheOpByOpStep) {
+  torch::manual_seed(11);
+  for (const int64_t n : {1, 15, 1000, 40000}) {
+    const auto p0 = torch::randn({n}), g1 = torch::randn({n}) * 1e-3, g2 = torch::randn({n});
+    auto run = [&](bool fused_on) {
+      FusedScope scope(fused_on);
+      auto p = p0.clone().requires_grad_(true);
+      AdamATan2 adam({{"p", p}}, {1e-2, 0.9, 0.95, 0.1});
+      for (const auto& g : {g1, g2, g1}) {
+        p.mutable_grad() = g.clone();
+        adam.step();
+      }
+      return p.detach();
+    };
+    const auto f = run(true), plain = run(false);
+    // The parameters to a few ulps; the moves p - p0 relative to the largest move (~0.05 here, of
+    // which one ulp of a parameter of size ~4 is already 1e-5).
+    EXPECT_LE(record("adam_atan2 parameters", rel_error(f, plain)), kTol) << n;
+    EXPECT_LE(record("adam_atan2 updates", rel_error(f - p0, plain - p0)), 1e-4) << n;
+  }
+}
+
+// Last in the file: prints the largest error of each op over the suite's runs.
+TEST(FusedOps, ZzPrintMeasuredErrors) {
+  for (const auto& [what, err] : measured()) std::printf("  fused vs plain, %-28s max relative error %.3g\n", what.c_str(), err);
+  std::printf("  kernels: %s\n", fused::capability());
+}
+
+}  // namespace
+}  // namespace hrmclara::nn
