@@ -575,8 +575,10 @@ TEST(TrmTraining, LossFallsOnACopyTaskWithEitherMixer) {
   for (bool mlp_t : {false, true}) {
     Json config = tiny_trm_config(dir / "d", mlp_t);
     config["global_batch_size"] = 16;
-    config["epochs"] = 12;
-    config["eval_interval"] = 12;
+    // 96 steps: at 48 the token-MLP run sat at 0.52 held-out accuracy with ATen's scalar kernels
+    // (its trajectory differs from AVX-512's by rounding); at 96 every kernel set is past 0.6.
+    config["epochs"] = 24;
+    config["eval_interval"] = 24;
     config["lr"] = 3e-3;
     config["ema"] = false;
     config["arch"]["hidden_size"] = 32;
