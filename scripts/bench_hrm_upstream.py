@@ -103,6 +103,17 @@ def main():
     except ImportError as e:
         fail(f"importing upstream {args.arch.upper()} failed ({e}); pip install pydantic einops into this Python")
 
+    # Upstream TRM's ACTLossHead passes valid_mask to its loss function, which only its stablemax
+    # accepts (softmax_cross_entropy(logits, labels, ignore_index) raises TypeError). The mask it
+    # passes is labels != ignore_index, which softmax's ignore_index already applies: drop it.
+    if args.arch == "trm":
+        import models.losses as upstream_losses
+        plain_softmax = upstream_losses.softmax_cross_entropy
+
+        def softmax_cross_entropy(logits, labels, ignore_index=-100, valid_mask=None):
+            return plain_softmax(logits, labels, ignore_index=ignore_index)
+        upstream_losses.softmax_cross_entropy = softmax_cross_entropy
+
     # create_model's model_cfg: arch fields + batch_size, vocab_size, seq_len, num_puzzle_identifiers.
     loss_cfg = dict(file_cfg.get("loss", {}))
     loss_cfg.pop("name", None)
