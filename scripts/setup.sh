@@ -16,7 +16,7 @@ say() { printf 'setup: %s\n' "$*"; }
 
 if [ "$(uname -s)" = "Darwin" ]; then
   steps=(
-    "brew install cmake ninja pkg-config sentencepiece nlohmann-json spdlog googletest yaml-cpp poppler python@3.12"
+    "brew install cmake ninja pkg-config sentencepiece nlohmann-json spdlog googletest yaml-cpp poppler cpp-httplib python@3.12"
     "python3.12 -m venv $HRMCLARA_VENV"
     "$HRMCLARA_VENV/bin/pip install torch==$HRMCLARA_TORCH_VERSION numpy safetensors sentencepiece"
   )
@@ -36,6 +36,8 @@ debs=(
   libsentencepiece-dev sentencepiece python3-sentencepiece
   nlohmann-json3-dev libspdlog-dev libfmt-dev libgtest-dev libyaml-cpp-dev
   libpoppler-cpp-dev zlib1g-dev
+  libcpp-httplib-dev curl  # hrmclara_serve; curl for its tests
+  chromium                 # tests/serve/browser_test.sh: the web page in a real (headless) browser
   clang libclang-rt-dev  # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes (Debian 12: clang 14)
 )
 missing=()

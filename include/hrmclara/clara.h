@@ -61,6 +61,7 @@ struct StageOutput {
 struct ClaraAnswer {
   std::vector<std::string> texts;
   at::Tensor output_ids;  // [B, max_new_tokens] int64, pad after EOS
+  std::vector<int64_t> lengths;  // tokens generated per row, its EOS included
   at::Tensor topk_idx;    // end-to-end only: [B, k]
   at::Tensor scores;      // end-to-end only: [B, N]
   double prefill_seconds = 0, decode_seconds = 0;  // the decoder's prompt forward, and every later step

@@ -99,6 +99,15 @@ ClaraRow parse_clara_row(const std::string& json_line, ClaraStage stage, const s
 // "" when there is none.
 std::string find_clara_control_text(const std::string& text);
 
+// A documents file: one JSON object per line, {"id": ..., "text": ...} ("source" optional; "document"
+// for "text"), or upstream's rows ({"docs" | "context" | "content": [...]}: every document of the
+// row, ids LINE-J). Missing ids become "L<line>". FormatError naming the file and line for a
+// malformed line, an empty document or one holding CLaRa's control-token text.
+struct ClaraDocumentRecord {
+  std::string id, source, text;
+};
+std::vector<ClaraDocumentRecord> read_clara_documents(const std::string& path);
+
 // --------------------------------------------------------------------------------------------
 // Python's random.Random, for the parts of upstream that draw from it: MT19937 seeded as CPython
 // seeds it from an int (init_by_array over the 32-bit words of |seed|, least significant first),

@@ -567,6 +567,7 @@ ClaraAnswer run_decoder(const ClaraModel& model, const std::vector<std::string>&
   ClaraAnswer out;
   const auto generated = generate_from_embeds(model.base(), embeds, mask, options);
   out.output_ids = generated.tokens;
+  out.lengths = generated.lengths;
   out.prefill_seconds = generated.prefill_seconds;
   out.decode_seconds = generated.decode_seconds;
   out.decode_steps = generated.steps - 1;

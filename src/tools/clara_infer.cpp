@@ -68,70 +68,6 @@ std::vector<std::string> split_commas(const std::string& text) {
   return out;
 }
 
-// ---- documents files ----------------------------------------------------------------------------
-
-struct Document {
-  std::string id, source, text;
-};
-
-std::vector<Document> read_documents(const std::string& path) {
-  require_regular_file(path);
-  std::ifstream in(path);
-  if (!in) throw IoError(path + ": cannot open");
-  std::vector<Document> docs;
-  std::string line;
-  int64_t number = 0;
-  while (std::getline(in, line)) {
-    ++number;
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string where = path + ":" + std::to_string(number);
-    Json j;
-    try {
-      j = Json::parse(line);
-    } catch (const Json::exception&) {
-      throw FormatError(where + ": not a JSON object");
-    }
-    if (!j.is_object()) throw FormatError(where + ": not a JSON object");
-    const std::string source = j.contains("source") && j["source"].is_string() ? j["source"].get<std::string>() : where;
-    std::string id;
-    if (j.contains("id")) {
-      if (j["id"].is_string()) id = j["id"].get<std::string>();
-      else if (j["id"].is_number_integer()) id = std::to_string(j["id"].get<int64_t>());
-      else throw FormatError(where + ": field 'id' must be a string or an integer");
-    }
-    bool found = false;
-    for (const char* key : {"text", "document"}) {
-      if (!j.contains(key)) continue;
-      if (!j[key].is_string()) throw FormatError(where + ": field '" + key + "' must be a string");
-      docs.push_back({id.empty() ? "L" + std::to_string(number) : id, source, j[key].get<std::string>()});
-      found = true;
-      break;
-    }
-    if (!found)
-      for (const char* key : {"docs", "context", "content"}) {
-        if (!j.contains(key)) continue;
-        if (!j[key].is_array()) throw FormatError(where + ": field '" + key + "' must be a list of documents");
-        for (size_t i = 0; i < j[key].size(); ++i) {
-          if (!j[key][i].is_string()) throw FormatError(where + ": field '" + key + "' holds a non-string document");
-          docs.push_back({(id.empty() ? "L" + std::to_string(number) : id) + "-" + std::to_string(i), source,
-                          j[key][i].get<std::string>()});
-        }
-        found = true;
-        break;
-      }
-    if (!found) throw FormatError(where + ": no 'text' (or upstream 'docs' / 'context' / 'content') field");
-  }
-  if (docs.empty()) throw FormatError(path + ": holds no document");
-  for (const auto& d : docs) {
-    if (d.text.find_first_not_of(" \t\r\n") == std::string::npos) throw FormatError(d.source + ": document '" + d.id + "' is empty");
-    const std::string control = find_clara_control_text(d.text);
-    if (!control.empty())
-      throw FormatError(d.source + ": document '" + d.id + "' contains the CLaRa control token text '" + control +
-                        "', which would shift the memory slots; remove or rewrite it");
-  }
-  return docs;
-}
-
 std::vector<std::string> read_questions(const ArgParser& a) {
   if (a.has("question") == a.has("questions")) throw UsageError("give exactly one of --question and --questions");
   if (a.has("question")) return {a.get("question")};
@@ -336,11 +272,11 @@ int cmd_compress(int argc, char** argv) {
   model_options(a, "auto");
   if (!a.parse(argc, argv, 0)) return 0;
   const auto device = setup_device(a);
-  const auto docs = read_documents(a.require("docs"));
+  const auto docs = read_clara_documents(a.require("docs"));
   auto model = load_model(a, device);
   const int64_t H = model.base().config().hidden_size;
   auto index = MemoryIndex::open_or_create(a.require("index"), model.mem_tokens(), H, model.base().dtype());
-  std::vector<Document> todo;
+  std::vector<ClaraDocumentRecord> todo;
   size_t unchanged = 0;
   for (const auto& d : docs) {
     const auto doc = NewDocument::from_text(d.id, d.source, d.text);
@@ -411,7 +347,7 @@ int cmd_answer(int argc, char** argv) {
   std::vector<std::string> ids;
   std::vector<std::string> texts;
   if (a.has("docs"))
-    for (const auto& d : read_documents(a.get("docs"))) {
+    for (const auto& d : read_clara_documents(a.get("docs"))) {
       ids.push_back(d.id);
       texts.push_back(d.text);
     }
@@ -486,7 +422,7 @@ int cmd_paraphrase(int argc, char** argv) {
   model_options(a, "auto");
   if (!a.parse(argc, argv, 0)) return 0;
   const auto device = setup_device(a);
-  const auto docs = read_documents(a.require("docs"));
+  const auto docs = read_clara_documents(a.require("docs"));
   const int64_t per = a.get_int("per-prompt");
   if (per < 1 || static_cast<int64_t>(docs.size()) % per != 0)
     throw UsageError("--per-prompt must divide the " + std::to_string(docs.size()) + " documents");
