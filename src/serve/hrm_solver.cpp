@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 #include <random>
 
@@ -59,6 +60,8 @@ HrmSolver HrmSolver::load(const std::string& checkpoint, const HrmSolverOptions&
     throw UsageError("max_steps must be in [0, " + std::to_string(kMaxSolverSteps) + "] (0: the checkpoint's halt_max_steps)");
   if (options.threads < 0) throw UsageError("threads must be >= 0");
   if (options.threads > 0) configure_threads(options.threads);
+  std::error_code ec;
+  if (!std::filesystem::exists(checkpoint, ec)) throw IoError(checkpoint + ": no such checkpoint (file or directory)");
   auto impl = std::make_shared<Impl>();
   impl->device = resolve_device(options.device);
   auto config = hrm::checkpoint_config(checkpoint, options.dataset_json, 1);

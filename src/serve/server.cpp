@@ -18,6 +18,7 @@
 #include <future>
 #include <mutex>
 #include <random>
+#include <sys/socket.h>
 #include <set>
 #include <thread>
 #include <unordered_map>
@@ -225,6 +226,7 @@ struct Server::Impl {
   std::atomic<bool> draining{false};
   std::atomic<int64_t> in_flight{0};
   std::once_flag stop_once;
+  socket_t listen_socket = INVALID_SOCKET;
 
   std::mutex hrm_mutex;
   std::condition_variable hrm_cv;
@@ -496,6 +498,13 @@ struct Server::Impl {
     s.set_read_timeout(options.read_timeout_s, 0);
     s.set_write_timeout(options.read_timeout_s, 0);
     s.set_keep_alive_timeout(options.read_timeout_s);
+    // cpp-httplib listens with a backlog of 5 (compiled into Debian's library): a burst of more
+    // simultaneous connections overflows it, and the clients that lose their handshake fail after
+    // a second. The listening socket is kept here and given a real backlog after bind().
+    s.set_socket_options([this](socket_t sock) {
+      httplib::default_socket_options(sock);
+      listen_socket = sock;
+    });
     const int threads = options.threads;
     s.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
 
@@ -545,7 +554,7 @@ struct Server::Impl {
     s.Post("/v1/sudoku/generate", [this](const httplib::Request& req, httplib::Response& res) {
       handle("sudoku_generate", req, res, [](const httplib::Request& q, httplib::Response& r) {
         const Body body(q.body.empty() ? "{}" : q.body, {"clues", "seed"});
-        const int clues = body.has("clues") ? static_cast<int>(body.integer("clues", 17, 81)) : 30;
+        const int clues = body.has("clues") ? static_cast<int>(body.integer("clues", 17, 81)) : 45;
         const uint64_t seed = body.has("seed") ? static_cast<uint64_t>(body.integer("seed", 0, INT64_MAX)) : std::random_device{}();
         const auto tokens = sudoku::generate(seed, clues);
         int given = 0;
@@ -780,6 +789,7 @@ int Server::bind() {
   } else if (!impl_->http.bind_to_port(o.host, o.port)) {
     throw IoError("cannot listen on " + o.host + ":" + std::to_string(o.port) + " (in use, or not an address of this machine)");
   }
+  if (impl_->listen_socket != INVALID_SOCKET) ::listen(impl_->listen_socket, SOMAXCONN);  // see routes()
   return o.port;
 }
 

@@ -88,7 +88,7 @@ BASE="http://127.0.0.1:$PORT"
 json_str() { sed -n 's/.*"'"$1"'"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' | head -n 1; }
 json_num() { sed -n 's/.*"'"$1"'"[[:space:]]*:[[:space:]]*\([-0-9.eE+]*\).*/\1/p' | head -n 1; }
 
-GEN=$("${CURL[@]}" -X POST -H 'Content-Type: application/json' -d '{"clues": 30}' "$BASE/v1/sudoku/generate") \
+GEN=$("${CURL[@]}" -X POST -H 'Content-Type: application/json' -d '{"clues": 50, "seed": 11}' "$BASE/v1/sudoku/generate") \
   || fail "POST /v1/sudoku/generate failed"
 PUZZLE=$(json_str puzzle <<<"$GEN")
 [[ ${#PUZZLE} -eq 81 && $PUZZLE =~ ^[0-9.]+$ ]] || fail "generate gave no 81-cell puzzle: $GEN"
@@ -155,6 +155,13 @@ if [[ -n $SHOT ]]; then
     >"$WORK/shot.log" 2>&1 || rc=$?
   [[ $rc -eq 0 && -s $SHOT ]] || fail "chromium could not take the screenshot $SHOT (exit $rc)"
   echo "screenshot: $SHOT"
+fi
+
+# The fixture model solves this puzzle (50 clues, inside its training range): the API says so, and
+# the page must show it as solved too, not only show the same digits.
+WANT_VERDICT=$(grep -o '"solved":[a-z]*' <<<"$SOLVE" | head -n 1 | cut -d: -f2)
+if [[ $WANT_VERDICT == true ]]; then
+  [[ $(tag_attr data-verdict <<<"$BODY") == solved ]] || fail "the API solved the puzzle but the page's verdict is \"$(tag_attr data-verdict <<<"$BODY")\""
 fi
 
 echo "PASS: the page solved the puzzle as the API did ($WANT_STEPS steps, data-state=solved, verdict=$(tag_attr data-verdict <<<"$BODY"))"
