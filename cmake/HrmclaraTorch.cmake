@@ -97,3 +97,6 @@ find_library(HRMCLARA_TORCH_GOMP NAMES libgomp.so.1 gomp PATHS "${_torch_root}/l
 if(NOT HRMCLARA_TORCH_GOMP)
   set(HRMCLARA_TORCH_GOMP "")
 endif()
+# The wheel's library folder: installed binaries find libtorch there (their RUNPATH), as the build
+# tree's do through CMake's build RPATH.
+set(HRMCLARA_TORCH_LIB_DIR "${_torch_root}/lib")
