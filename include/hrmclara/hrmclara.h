@@ -8,6 +8,7 @@
 #include <hrmclara/clara_data.h>
 #include <hrmclara/clara_eval.h>
 #include <hrmclara/clara_index.h>
+#include <hrmclara/clara_pipeline.h>
 #include <hrmclara/clara_prepare.h>
 #include <hrmclara/clara_train.h>
 #include <hrmclara/config.h>
@@ -15,6 +16,7 @@
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
 #include <hrmclara/hrm.h>
+#include <hrmclara/hrm_solver.h>
 #include <hrmclara/hrm_train.h>
 #include <hrmclara/info.h>
 #include <hrmclara/llm.h>
