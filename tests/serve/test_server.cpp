@@ -342,6 +342,31 @@ TEST(Server, ClaraAnswersStreamsSearchesAndCompresses) {
   EXPECT_EQ(body_of(bad)["error"]["field"], "max_new_tokens");
 }
 
+TEST(Server, ConcurrentClaraQuestionsShareADecoderBatch) {
+  serve::ServerOptions o;
+  o.clara_max_wait_ms = 300;  // the worker waits for the others before the first batch
+  Running s(o, nullptr, clara_pipeline());
+  const std::vector<std::string> questions = {"Who wrote Hamlet?", "Where is Paris?", "What is the Nile?", "Who?"};
+  std::vector<Json> got(questions.size());
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < questions.size(); ++i)
+    clients.emplace_back([&, i] {
+      auto c = s.client();
+      auto r = post(c, "/v1/clara/answer",
+                    Json{{"question", questions[i]}, {"documents", {"Shakespeare wrote Hamlet.", "Paris is in France."}},
+                         {"max_new_tokens", 6}}.dump());
+      if (r && r->status == 200) got[i] = Json::parse(r->body);
+    });
+  for (auto& t : clients) t.join();
+  int max_batch = 0;
+  for (size_t i = 0; i < questions.size(); ++i) {
+    ASSERT_TRUE(got[i].contains("answer")) << i;
+    max_batch = std::max(max_batch, got[i]["batch_size"].get<int>());
+  }
+  EXPECT_GT(max_batch, 1);
+  EXPECT_GT(s.server().metrics().mean_batch("clara"), 1.0);
+}
+
 TEST(Metrics, PrometheusTextFormat) {
   serve::Metrics m;
   m.request("hrm_solve", 200, 0.003);

@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <thread>
 
 namespace hrmclara::test {
 namespace {
@@ -127,6 +128,24 @@ TEST(HrmSolver, BatchesAndContinuousJoinsGiveEachPuzzleItsOwnAnswer) {
     EXPECT_EQ(got[i].steps, alone[i].steps) << i;
   }
   EXPECT_TRUE(batch.step().empty());
+}
+
+TEST(HrmSolver, ConcurrentCallersGetTheSequentialAnswers) {
+  const auto solver = HrmSolver::load(sudoku_checkpoint());
+  const auto ps = puzzles(8, 48, 700);
+  std::vector<PuzzleSolution> want;
+  for (const auto& p : ps) want.push_back(solver.solve(PuzzleInput{p, 0}));
+  std::vector<PuzzleSolution> got(ps.size());
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < ps.size(); i += 4) got[i] = solver.solve(PuzzleInput{ps[i], 0});
+    });
+  for (auto& th : threads) th.join();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    EXPECT_EQ(got[i].tokens, want[i].tokens) << i;
+    EXPECT_EQ(got[i].steps, want[i].steps) << i;
+  }
 }
 
 TEST(HrmSolver, RefusesBadInputNamingTheField) {
