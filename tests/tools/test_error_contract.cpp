@@ -185,6 +185,15 @@ const std::vector<Case>& cases() {
       // 7: device.
       {"absent device", "hrm_infer --checkpoint {F}/hrm-reference/step_0 --batch {F}/hrm-reference/batch.safetensors --out {D}/o.st --device cuda:99",
        7, "cuda:99"},
+      // hrmclara_serve: flags, key file and model checked before it listens (timeout 120 ends a
+      // server that wrongly started).
+      {"serve without a model", "hrmclara_serve", 2, "give a model"},
+      {"serve on a port out of range", "hrmclara_serve --hrm {F}/sudoku-trm --port 70000", 2, "--port"},
+      {"serve with a zero queue", "hrmclara_serve --hrm {F}/sudoku-trm --queue 0 --port 0", 2, "--queue"},
+      {"serve a missing checkpoint", "hrmclara_serve --hrm {D}/none --port 0", 3, "{D}/none"},
+      {"serve with a FIFO key file", "hrmclara_serve --hrm {F}/sudoku-trm --api-key-file {D}/fifo --port 0", 3, "fifo: is a FIFO"},
+      {"serve CLaRa without its base", "hrmclara_serve --clara {F}/clara-train/ckpt_stage2 --port 0", 2, "--base"},
+      {"serve a NaN HRM weight", "hrmclara_serve --hrm {D}/hrm-nan/step_0 --dataset-json {F}/hrm-reference/dataset.json --port 0", 8, "lm_head"},
       // 8: NaN/Inf.
       {"NaN HRM weight", "hrm_infer --checkpoint {D}/hrm-nan/step_0 --dataset-json {F}/hrm-reference/dataset.json --batch {F}/hrm-reference/batch.safetensors --out {D}/o.st", 8, "lm_head"},
       {"Inf LLM weight", "llm_tool forward --model {D}/llm-nan --in {D}/ids-ok.st --out {D}/o.st --log-level warn", 8, "model.layers.0.input_layernorm.weight"},
@@ -216,7 +225,7 @@ TEST(ErrorContract, EveryToolReportsBadInputAsOneLineWithItsClassCode) {
   }
   // Every tool is in the table.
   for (const char* t : {"ckpt_inspect", "hrm_infer", "hrm_train", "hrm_eval", "hrm_data", "hrm_bench", "hrmclara_info", "llm_tool",
-                        "llm_bench", "clara_infer", "clara_train", "clara_prepare", "clara_eval", "clara_bench"})
+                        "llm_bench", "clara_infer", "clara_train", "clara_prepare", "clara_eval", "clara_bench", "hrmclara_serve"})
     EXPECT_TRUE(tools.count(t)) << t << " has no case";
 }
 
