@@ -37,6 +37,7 @@ debs=(
   nlohmann-json3-dev libspdlog-dev libfmt-dev libgtest-dev libyaml-cpp-dev
   libpoppler-cpp-dev zlib1g-dev
   libcpp-httplib-dev curl  # hrmclara_serve; curl for its tests
+  libgloo-dev              # declarations for LibTorch's own Gloo process group (src/core/process_group.cpp)
   chromium                 # tests/serve/browser_test.sh: the web page in a real (headless) browser
   clang libclang-rt-dev  # scripts/fuzz.sh: clang with libFuzzer and the sanitizer runtimes (Debian 12: clang 14)
 )

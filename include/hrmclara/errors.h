@@ -27,6 +27,8 @@ namespace hrmclara {
 //   6 kShape    tensors or state dicts do not fit the model
 //   7 kDevice   the requested device is absent (or lacks a requested dtype)
 //   8 kNumeric  NaN/Inf where a finite value is required: weights (named), inputs, outputs, the loss
+//   9 kDistributed  a distributed run failed: another rank died or hung past the timeout, the
+//               rendezvous failed (torchrun's variables, MASTER_ADDR:MASTER_PORT)
 enum class ExitCode : int {
   kOk = 0,
   kFailure = 1,   // anything not classified below
@@ -37,6 +39,7 @@ enum class ExitCode : int {
   kShape = 6,     // tensors or state dicts do not fit the model
   kDevice = 7,    // the requested device is absent
   kNumeric = 8,   // NaN/Inf where a finite value is required
+  kDistributed = 9,  // another rank failed or a collective timed out
 };
 
 class Error : public std::runtime_error {
@@ -62,6 +65,7 @@ HRMCLARA_DEFINE_ERROR(ConfigError, kConfig)
 HRMCLARA_DEFINE_ERROR(ShapeError, kShape)
 HRMCLARA_DEFINE_ERROR(DeviceError, kDevice)
 HRMCLARA_DEFINE_ERROR(NumericError, kNumeric)
+HRMCLARA_DEFINE_ERROR(DistributedError, kDistributed)
 
 #undef HRMCLARA_DEFINE_ERROR
 

@@ -4,11 +4,13 @@
 
 #include <hrmclara/hrm.h>
 #include <hrmclara/optim.h>
+#include <hrmclara/process_group.h>
 #include <hrmclara/puzzle_dataset.h>
 #include <hrmclara/trainer.h>
 
 #include <c10/core/Device.h>
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -53,13 +55,20 @@ struct EvalResult {
 
 // Runs every example of `data` (or the first max_examples) through halt_max_steps eval-mode ACT
 // steps, as upstream's evaluate() does, and sums the metrics over examples.
+// With `group`, the batches are shared out across ranks (batch i to rank i mod world size) and the
+// metrics summed over ranks: every rank gets the metrics of the whole set (not with keep_predictions).
 EvalResult evaluate_model(PuzzleModelImpl& model, const PuzzleDataset& data, int64_t batch_size, int64_t max_examples = 0,
-                          bool keep_predictions = false);
+                          bool keep_predictions = false, ProcessGroup* group = nullptr);
 
 class HrmTrainTask : public TrainTask {
  public:
-  // `config` must be validated and its data_path resolved.
-  HrmTrainTask(const Json& config, const c10::Device& device);
+  // `config` must be validated and its data_path resolved. With `group` (data parallel, as
+  // upstream's pretrain.py under torchrun): each rank trains on its contiguous slice of every global
+  // batch (global_batch_size / world size rows), the loss is scaled by 1 / global_batch_size and the
+  // dense gradients are summed over ranks, the puzzle-embedding gradients and ids are gathered from
+  // every rank before the SignSGD step, metrics are summed over ranks, evaluation is sharded. Each
+  // rank keeps its own ACT carry and random stream (seed + rank) and saves them in rank_<r>.pt.
+  HrmTrainTask(const Json& config, const c10::Device& device, ProcessGroup* group = nullptr);
 
   int64_t total_steps() const override { return total_steps_; }
   StepResult train_step(int64_t step, double lr_factor) override;
@@ -84,8 +93,13 @@ class HrmTrainTask : public TrainTask {
   // EMA shadows of dense_parameters(), in that order (empty without ema).
   mutable NamedTensors ema_;
   void update_ema();
-  void swap_ema() const;  // exchanges the model's weights and the shadows
+  void swap_ema() const;
+  NamedTensors rank_state() const;  // this rank's carry and random stream
+  void restore_rank_state(std::map<std::string, torch::Tensor>& state, const std::string& path);  // exchanges the model's weights and the shadows
   int64_t batch_size_ = 0, total_steps_ = 0;
+  ProcessGroup* group_ = nullptr;
+  int rank_ = 0, world_ = 1;
+  int64_t local_batch_ = 0;  // batch_size_ / world_
 };
 
 }  // namespace hrmclara::hrm

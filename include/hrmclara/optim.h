@@ -85,8 +85,12 @@ class SparseSignSGD {
   SparseSignSGD(torch::Tensor weights, torch::Tensor local_weights, torch::Tensor local_ids, double lr,
                 double weight_decay);
   void step();
+  // The step from given gradients [n, D] and their ids [n] (data-parallel runs: every rank's rows).
+  void step(const torch::Tensor& grad, const torch::Tensor& ids);
   void zero_grad();
   void set_lr(double lr) { lr_ = lr; }
+  const torch::Tensor& local_weights() const { return local_weights_; }
+  const torch::Tensor& local_ids() const { return local_ids_; }
   double lr() const { return lr_; }
 
  private:

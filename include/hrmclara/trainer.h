@@ -12,6 +12,7 @@
 #pragma once
 
 #include <hrmclara/config.h>
+#include <hrmclara/distributed.h>
 
 #include <cstdint>
 #include <functional>
@@ -65,6 +66,12 @@ struct TrainerOptions {
   // The lr factor of optimizer step `step` (1-based); when unset, cosine_schedule_factor with
   // warmup_steps and lr_min_ratio (HRM's schedule).
   std::function<double(int64_t step, int64_t total_steps)> lr_schedule;
+  // Data-parallel runs (distributed.h): every rank runs the loop; rank 0 alone writes the run
+  // directory (config, metrics, the checkpoint's shared files and trainer.json, progress), every
+  // rank writes its own part of a checkpoint (TrainTask::save) between barriers; ranks agree on
+  // stopping (a signal or the time limit on any rank stops all at the same step); a config that
+  // differs between ranks is refused at start. Null: one process.
+  Collective* collective = nullptr;
 };
 
 class Trainer {
@@ -95,6 +102,10 @@ class Trainer {
 
  private:
   void log_metrics(const Metrics& m, const std::string& prefix);
+  bool lead() const { return !opt_.collective || opt_.collective->rank() == 0; }
+  void barrier() {
+    if (opt_.collective) opt_.collective->barrier();
+  }
   void run_evaluation();
   TrainTask& task_;
   TrainerOptions opt_;

@@ -179,7 +179,8 @@ std::map<std::string, double> metrics_to_host(const std::map<std::string, torch:
 }  // namespace
 
 EvalResult evaluate_model(PuzzleModelImpl& model, const PuzzleDataset& data, int64_t batch_size, int64_t max_examples,
-                          bool keep_predictions) {
+                          bool keep_predictions, ProcessGroup* group) {
+  if (group && keep_predictions) throw UsageError("evaluate_model: predictions are kept by single-process evaluation only");
   const auto& c = model.config();
   const auto& meta = data.metadata();
   if (meta.seq_len != c.seq_len || meta.vocab_size != c.vocab_size)
@@ -196,12 +197,13 @@ EvalResult evaluate_model(PuzzleModelImpl& model, const PuzzleDataset& data, int
   const auto device = model.H_init.device();
   std::map<std::string, double> sums;
   std::vector<torch::Tensor> inputs, labels, ids, preds, q_halt;
-  int64_t seen = 0;
+  int64_t seen = 0, index = 0;
   for (auto& rows : sequential_batches(data, batch_size)) {
     if (max_examples > 0 && seen >= max_examples) break;
     if (max_examples > 0 && seen + static_cast<int64_t>(rows.size()) > max_examples) rows.resize(static_cast<size_t>(max_examples - seen));
     const int64_t n = static_cast<int64_t>(rows.size());
     seen += n;
+    if (group && index++ % group->world_size() != group->rank()) continue;  // another rank's batch
     const Batch batch = data.gather(rows, batch_size).to(device);
     Carry carry = model.initial_carry(batch);
     Outputs out;
@@ -228,6 +230,17 @@ EvalResult evaluate_model(PuzzleModelImpl& model, const PuzzleDataset& data, int
     }
   }
   if (was_training) model.train();
+  if (group) {
+    // Every rank ends up with the sums over all ranks (the same keys on every rank: act_loss's).
+    for (const char* k : {"count", "accuracy", "exact_accuracy", "q_halt_accuracy", "lm_loss", "q_halt_loss", "steps"}) sums[k] += 0.0;
+    std::vector<double> values;
+    for (const auto& [k, v] : sums) values.push_back(v);
+    auto t = torch::tensor(values, torch::kDouble).to(device);
+    group->all_reduce_sum({t});
+    const auto host = t.cpu();
+    int64_t i = 0;
+    for (auto& [k, v] : sums) v = host[i++].item<double>();
+  }
   EvalResult r;
   const double count = std::max(1.0, sums["count"]);
   r.metrics["count"] = sums["count"];
@@ -245,7 +258,12 @@ EvalResult evaluate_model(PuzzleModelImpl& model, const PuzzleDataset& data, int
 
 // ---- the training task -----------------------------------------------------------------------
 
-HrmTrainTask::HrmTrainTask(const Json& config, const c10::Device& device) : config_(config), device_(device) {
+HrmTrainTask::HrmTrainTask(const Json& config, const c10::Device& device, ProcessGroup* group)
+    : config_(config), device_(device), group_(group) {
+  if (group_) {
+    rank_ = group_->rank();
+    world_ = group_->world_size();
+  }
   const std::string data_path = config["data_path"];
   if (data_path.empty()) throw ConfigError("data_path is empty");
   train_ = std::make_unique<PuzzleDataset>(data_path + "/train");
@@ -255,12 +273,25 @@ HrmTrainTask::HrmTrainTask(const Json& config, const c10::Device& device) : conf
     log_warn(data_path + "/test: missing; evaluation is skipped");
   const auto& meta = train_->metadata();
   batch_size_ = config["global_batch_size"].get<int64_t>();
+  if (batch_size_ % world_ != 0)
+    throw ConfigError("global_batch_size " + std::to_string(batch_size_) + " is not divisible by the " + std::to_string(world_) +
+                      " processes of the run");
+  local_batch_ = batch_size_ / world_;
+  // The model's batch (its sparse embedding's rows) is this rank's share of the global batch.
   const auto model_config =
-      HrmConfig::from_arch_json(config["arch"], batch_size_, meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers);
+      HrmConfig::from_arch_json(config["arch"], local_batch_, meta.seq_len, meta.vocab_size, meta.num_puzzle_identifiers);
   const uint64_t seed = config["seed"].get<uint64_t>();
   model_ = make_puzzle_model(model_config);
   model_->reset_parameters(seed);
   model_->to(device_);
+  if (group_) {
+    // Same seed, same weights; rank 0's are broadcast all the same, so that no rank can differ.
+    std::vector<torch::Tensor> state;
+    for (const auto& p : model_->parameters()) state.push_back(p.detach());
+    for (const auto& b : model_->buffers()) state.push_back(b.detach());
+    if (model_->puzzle_emb) state.push_back(model_->puzzle_emb->weights);
+    group_->broadcast(state, 0);
+  }
   if (model_->puzzle_emb) model_->puzzle_emb->sync_device();
   model_->train();
   adam_ = std::make_unique<AdamATan2>(
@@ -283,8 +314,9 @@ HrmTrainTask::HrmTrainTask(const Json& config, const c10::Device& device) : conf
     throw ShapeError(data_path + "/train: fewer examples per iteration than one batch of " + std::to_string(batch_size_) +
                      " (lower global_batch_size)");
   if (total_steps_ < 1) throw ConfigError("the run has no steps (epochs * examples < global_batch_size)");
-  // Exploration draws from the device's generator: seed it for a reproducible run.
-  torch::manual_seed(seed);
+  // Exploration draws from the device's generator: seed it for a reproducible run (each rank its
+  // own stream, as upstream seeds seed + RANK).
+  torch::manual_seed(seed + static_cast<uint64_t>(rank_));
 }
 
 TrainTask::StepResult HrmTrainTask::train_step(int64_t /*step*/, double lr_factor) {
@@ -294,15 +326,32 @@ TrainTask::StepResult HrmTrainTask::train_step(int64_t /*step*/, double lr_facto
     rows = sampler_->batch_at(position_);
     if (!rows) throw ShapeError(train_->dir() + ": an iteration produced no batch");
   }
-  const Batch batch = train_->gather(*rows, batch_size_).to(device_);
+  // This rank's contiguous slice of the global batch (upstream's split), padded to the local batch.
+  std::vector<int64_t> mine;
+  for (int64_t i = rank_ * local_batch_; i < std::min<int64_t>((rank_ + 1) * local_batch_, rows->size()); ++i)
+    mine.push_back((*rows)[static_cast<size_t>(i)]);
+  const Batch batch = train_->gather(mine, local_batch_).to(device_);
   if (!carry_) carry_ = model_->initial_carry(batch);
   auto [next, out] = model_->forward(*carry_, batch);
   LossResult result = act_loss(model_->config(), next, out);
   const double scale = 1.0 / static_cast<double>(batch_size_);
   (result.loss * scale).backward();
+  if (group_) {
+    // Summed over ranks: each rank's loss was already divided by the global batch.
+    std::vector<torch::Tensor> grads;
+    for (const auto& [name, p] : model_->dense_parameters())
+      if (p.grad().defined()) grads.push_back(p.mutable_grad());
+    group_->all_reduce_sum(grads);
+  }
   if (sign_) {
     sign_->set_lr(config_["puzzle_emb_lr"].get<double>() * lr_factor);
-    sign_->step();
+    if (group_) {
+      // upstream CastedSparseEmbeddingSignSGD_Distributed: every rank's rows and ids, gathered.
+      const auto& g = sign_->local_weights().grad();
+      if (g.defined()) sign_->step(group_->all_gather_cat(g), group_->all_gather_cat(sign_->local_ids()));
+    } else {
+      sign_->step();
+    }
     sign_->zero_grad();
   }
   adam_->set_lr(config_["lr"].get<double>() * lr_factor);
@@ -313,7 +362,16 @@ TrainTask::StepResult HrmTrainTask::train_step(int64_t /*step*/, double lr_facto
 
   StepResult r;
   result.metrics["loss"] = result.loss;
-  const auto host = metrics_to_host(result.metrics);
+  auto host = metrics_to_host(result.metrics);
+  if (group_) {
+    std::vector<double> values;
+    for (const auto& [name, x] : host) values.push_back(x);
+    auto t = torch::tensor(values, torch::kDouble).to(device_);
+    group_->all_reduce_sum({t});
+    const auto summed = t.cpu();
+    int64_t i = 0;
+    for (auto& [name, x] : host) x = summed[i++].item<double>();
+  }
   // Upstream's reduction: losses per global batch, the rest per halted example.
   const double count = std::max(1.0, host.at("count"));
   for (const auto& [name, x] : host) {
@@ -352,7 +410,7 @@ Metrics HrmTrainTask::evaluate() {
   swap_ema();
   Metrics m;
   try {
-    m = evaluate_model(*model_, *test_, eval_batch, config_["eval_max_examples"].get<int64_t>()).metrics;
+    m = evaluate_model(*model_, *test_, eval_batch, config_["eval_max_examples"].get<int64_t>(), false, group_).metrics;
   } catch (...) {
     swap_ema();
     throw;
@@ -362,6 +420,11 @@ Metrics HrmTrainTask::evaluate() {
 }
 
 void HrmTrainTask::save(const std::string& dir) const {
+  if (rank_ != 0) {
+    // Everything but the carry and the random stream is the same on every rank: rank 0 saves it.
+    save_tensor_archive(dir + "/rank_" + std::to_string(rank_) + ".pt", rank_state());
+    return;
+  }
   // model.pt holds what upstream's checkpoint holds: the EMA weights when ema is on. The weights
   // being trained go to train_state.pt ("raw.*") so that a resumed run continues exactly.
   NamedTensors state;
@@ -379,6 +442,14 @@ void HrmTrainTask::save(const std::string& dir) const {
     save_hrm_checkpoint(*model_, dir, config_);
   }
   for (auto& [k, v] : adam_->state()) state.emplace_back("adam." + k, v);
+  for (auto& item : rank_state()) state.push_back(std::move(item));
+  save_tensor_archive(dir + "/train_state.pt", state);
+  write_json_file(dir + "/data_position.json",
+                  Json{{"iteration", position_.iteration}, {"batch", position_.batch}, {"world_size", world_}});
+}
+
+NamedTensors HrmTrainTask::rank_state() const {
+  NamedTensors state;
   if (carry_) {
     state.emplace_back("carry.z_H", carry_->z_H);
     state.emplace_back("carry.z_L", carry_->z_L);
@@ -398,11 +469,46 @@ void HrmTrainTask::save(const std::string& dir) const {
     std::lock_guard<std::mutex> lock(gen.mutex());
     state.emplace_back("rng.cpu", gen.get_state());
   }
-  save_tensor_archive(dir + "/train_state.pt", state);
-  write_json_file(dir + "/data_position.json", Json{{"iteration", position_.iteration}, {"batch", position_.batch}});
+  return state;
+}
+
+void HrmTrainTask::restore_rank_state(std::map<std::string, torch::Tensor>& s, const std::string& state_path) {
+  if (s.count("carry.z_H")) {
+    for (const char* k : {"carry.z_L", "carry.steps", "carry.halted", "carry.inputs", "carry.labels", "carry.puzzle_identifiers"})
+      if (!s.count(k)) throw FormatError(state_path + ": missing '" + std::string(k) + "'");
+    Carry c;
+    c.z_H = s["carry.z_H"].to(device_);
+    c.z_L = s["carry.z_L"].to(device_);
+    c.steps = s["carry.steps"].to(device_);
+    c.halted = s["carry.halted"].to(device_);
+    c.current = Batch{s["carry.inputs"], s["carry.labels"], s["carry.puzzle_identifiers"]}.to(device_);
+    if (c.z_H.size(0) != local_batch_)
+      throw ShapeError(state_path + ": the carry's batch size differs from this run's (global_batch_size / processes)");
+    carry_ = c;
+  }
+  if (!s.count("rng.device")) throw FormatError(state_path + ": missing 'rng.device'");
+  {
+    auto gen = at::globalContext().defaultGenerator(device_);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(s["rng.device"]);
+  }
+  if (s.count("rng.cpu")) {
+    auto gen = at::globalContext().defaultGenerator(c10::Device(c10::kCPU));
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(s["rng.cpu"]);
+  }
 }
 
 void HrmTrainTask::load(const std::string& dir) {
+  // A checkpoint holds one carry per process: it resumes with the number of processes that wrote it.
+  {
+    const std::string pos_path = dir + "/data_position.json";
+    const Json pos = read_json_file(pos_path);
+    const int64_t saved_world = pos.value("world_size", int64_t{1});
+    if (saved_world != world_)
+      throw ConfigError(dir + ": written by a run of " + std::to_string(saved_world) + " process(es); resume it with " +
+                        std::to_string(saved_world) + " (this run has " + std::to_string(world_) + ")");
+  }
   load_hrm_weights(*model_, dir);
   const std::string state_path = dir + "/train_state.pt";
   std::map<std::string, torch::Tensor> s;
@@ -423,33 +529,18 @@ void HrmTrainTask::load(const std::string& dir) {
       params[i].second.detach().copy_(s[key]);
     }
   }
-  if (s.count("carry.z_H")) {
-    for (const char* k : {"carry.z_L", "carry.steps", "carry.halted", "carry.inputs", "carry.labels", "carry.puzzle_identifiers"})
-      if (!s.count(k)) throw FormatError(state_path + ": missing '" + std::string(k) + "'");
-    Carry c;
-    c.z_H = s["carry.z_H"].to(device_);
-    c.z_L = s["carry.z_L"].to(device_);
-    c.steps = s["carry.steps"].to(device_);
-    c.halted = s["carry.halted"].to(device_);
-    c.current = Batch{s["carry.inputs"], s["carry.labels"], s["carry.puzzle_identifiers"]}.to(device_);
-    if (c.z_H.size(0) != batch_size_) throw ShapeError(state_path + ": the carry's batch size differs from global_batch_size");
-    carry_ = c;
-  }
-  if (!s.count("rng.device")) throw FormatError(state_path + ": missing 'rng.device'");
-  {
-    auto gen = at::globalContext().defaultGenerator(device_);
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_state(s["rng.device"]);
-  }
-  if (s.count("rng.cpu")) {
-    auto gen = at::globalContext().defaultGenerator(c10::Device(c10::kCPU));
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_state(s["rng.cpu"]);
-  }
+  restore_rank_state(s, state_path);
   const std::string pos_path = dir + "/data_position.json";
   const Json pos = read_json_file(pos_path);
   if (!pos.contains("iteration") || !pos.contains("batch")) throw FormatError(pos_path + ": needs 'iteration' and 'batch'");
   position_ = {pos["iteration"].get<int64_t>(), pos["batch"].get<int64_t>()};
+  if (rank_ != 0) {
+    // This rank's own carry and random stream.
+    const std::string rank_path = dir + "/rank_" + std::to_string(rank_) + ".pt";
+    std::map<std::string, torch::Tensor> r;
+    for (auto& [k, v] : load_tensor_archive(rank_path)) r[k] = v;
+    restore_rank_state(r, rank_path);
+  }
 }
 
 }  // namespace hrmclara::hrm

@@ -3,6 +3,8 @@
 #include <hrmclara/cli.h>
 #include <hrmclara/config.h>
 #include <hrmclara/device.h>
+#include <hrmclara/distributed.h>
+#include <hrmclara/process_group.h>
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
 #include <hrmclara/hrm_train.h>
@@ -54,13 +56,27 @@ int main(int argc, char** argv) {
         .flag("no-progress", "no live progress bar (log lines instead)")
         .flag("print-config", "print the resolved config and exit")
         .option("dtype", std::string(kDtypeChoices) + "; auto: the config's arch.forward_dtype where the device runs it natively, else float32", "auto")
+        .option("dist-backend", "under torchrun: auto (NCCL on CUDA, else Gloo), gloo or nccl", "auto")
+        .option("dist-timeout-s", "under torchrun: a rank that dies or hangs fails the others after this many seconds", "300")
         .common_options();
     if (!args.parse(argc, argv)) return 0;
+    const auto dist = DistEnv::from_env();
+    if (args.get_double("dist-timeout-s") <= 0) throw UsageError("--dist-timeout-s must be positive");
     // From here on SIGINT/SIGTERM ask the trainer to save and stop after the current step.
     install_stop_signal_handlers();
     configure_threads(static_cast<int>(args.get_int("threads")));
     keep_freed_memory();  // no page faults on the activations re-allocated every step
-    const auto device = resolve_device(args.get("device"));
+    // Under torchrun each process takes the GPU of its local rank.
+    auto device = resolve_device(args.get("device"));
+    if (dist.active() && device.is_cuda() && (args.get("device") == "auto" || args.get("device") == "cuda"))
+      device = resolve_device("cuda:" + std::to_string(dist.local_rank));
+    std::unique_ptr<ProcessGroup> group;
+    if (dist.active()) {
+      if (!args.has("out") && !args.has("resume")) throw UsageError("a distributed run needs --out RUNDIR (the same on every rank)");
+      if (dist.rank != 0 && !args.has("log-level")) set_log_level("warn");  // rank 0 reports for all
+      group = ProcessGroup::create(dist, args.get("dist-backend"), device,
+                                   std::chrono::milliseconds(static_cast<int64_t>(args.get_double("dist-timeout-s") * 1000)));
+    }
 
     Json config;
     std::string run_dir;
@@ -78,13 +94,16 @@ int main(int argc, char** argv) {
         std::cout << config.dump(2) << std::endl;
         return 0;
       }
+      // One rank generates a missing dataset; the others wait for it.
+      if (group && group->rank() != 0) group->barrier();
       config = hrm::prepare_dataset(config);
+      if (group && group->rank() == 0) group->barrier();
       run_dir = args.has("out") ? args.get("out") : default_run_dir();
     }
 
     config["arch"]["forward_dtype"] =
         hrm::resolve_forward_dtype(args.get("dtype"), device, config["arch"]["forward_dtype"].get<std::string>());
-    hrm::HrmTrainTask task(config, device);
+    hrm::HrmTrainTask task(config, device, group.get());
     const auto& mc = task.model().config();
     const std::string layers = mc.is_trm() ? "TRM" + std::string(mc.mlp_t ? " (token MLP)" : "") + ", " +
                                                  std::to_string(mc.L_layers) + " layers"
@@ -108,6 +127,7 @@ int main(int argc, char** argv) {
     opt.max_minutes = args.get_double("max-minutes");
     opt.max_steps = args.get_int("max-steps");
     opt.progress_bar = !args.has("no-progress");
+    opt.collective = group.get();
     Trainer trainer(task, opt);
     if (resume)
       trainer.resume();
@@ -115,6 +135,10 @@ int main(int argc, char** argv) {
       trainer.start(config);
     const auto outcome = trainer.run();
 
+    if (group && group->rank() != 0) return 0;  // rank 0 reports
+    if (group)
+      log_info("distributed: " + std::to_string(group->world_size()) + " processes (" + group->backend() + "), " +
+               std::to_string(group->seconds_in_collectives()) + " s in collectives on rank 0");
     const std::string metrics = run_dir + "/metrics.jsonl";
     write_training_plot(metrics, run_dir + "/curves.svg");
     std::cout << summary_table(read_metric_series(metrics),

@@ -162,8 +162,12 @@ SparseSignSGD::SparseSignSGD(torch::Tensor weights, torch::Tensor local_weights,
 void SparseSignSGD::step() {
   const auto& grad = local_weights_.grad();
   if (!grad.defined()) return;
+  step(grad, local_ids_);
+}
+
+void SparseSignSGD::step(const torch::Tensor& grad, const torch::Tensor& local_ids) {
   torch::NoGradGuard no_grad;
-  auto [ids, inverse, counts] = torch::_unique2(local_ids_.to(torch::kLong), /*sorted=*/true, /*return_inverse=*/true);
+  auto [ids, inverse, counts] = torch::_unique2(local_ids.to(torch::kLong), /*sorted=*/true, /*return_inverse=*/true);
   const int64_t d = grad.size(1);
   auto summed = torch::zeros({ids.size(0), d}, grad.options())
                     .scatter_add_(0, inverse.unsqueeze(-1).expand({-1, d}), grad);

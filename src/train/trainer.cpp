@@ -101,11 +101,16 @@ Trainer::Trainer(TrainTask& task, TrainerOptions options) : task_(task), opt_(st
 }
 
 void Trainer::start(const Json& config) {
+  if (opt_.collective) require_same_on_all_ranks(*opt_.collective, config.dump(), "config");
   if (file_exists(opt_.run_dir + "/config.json"))
     throw UsageError(opt_.run_dir + ": already holds a run (use --resume " + opt_.run_dir + ", or another --out)");
-  make_directories(checkpoints_dir(opt_.run_dir));
-  write_json_file(opt_.run_dir + "/config.json", config);
-  write_file_atomically(opt_.run_dir + "/metrics.jsonl", "");
+  barrier();  // every rank has looked before rank 0 writes
+  if (lead()) {
+    make_directories(checkpoints_dir(opt_.run_dir));
+    write_json_file(opt_.run_dir + "/config.json", config);
+    write_file_atomically(opt_.run_dir + "/metrics.jsonl", "");
+  }
+  barrier();
   step_ = 0;
 }
 
@@ -119,6 +124,9 @@ int64_t Trainer::resume() {
   step_ = state["step"].get<int64_t>();
   elapsed_s_ = state.value("elapsed_s", 0.0);
   last_checkpoint_ = ckpt;
+  log_info("resumed " + opt_.run_dir + " at step " + std::to_string(step_) + " from " + ckpt);
+  barrier();  // every rank has read the checkpoint
+  if (!lead()) return step_;
   // Cut metrics.jsonl back to the checkpoint, so the file reads as one uninterrupted run.
   const std::string metrics = opt_.run_dir + "/metrics.jsonl";
   std::string kept;
@@ -137,7 +145,6 @@ int64_t Trainer::resume() {
     }
   }
   write_file_atomically(metrics, kept);
-  log_info("resumed " + opt_.run_dir + " at step " + std::to_string(step_) + " from " + ckpt);
   return step_;
 }
 
@@ -145,23 +152,35 @@ std::string Trainer::save_checkpoint() {
   const std::string dir = checkpoints_dir(opt_.run_dir);
   const std::string name = "step_" + std::to_string(step_);
   const std::string final_dir = dir + "/" + name;
-  const std::string tmp = dir + "/." + name + ".tmp-" + std::to_string(::getpid());
-  remove_tree(tmp);
-  make_directories(tmp);
+  // Every rank writes into the same temp directory (so its name is the same on every rank), then
+  // rank 0 completes it: trainer.json, the rename, latest.
+  const std::string tmp = dir + "/." + name + ".tmp" + (opt_.collective ? std::string() : "-" + std::to_string(::getpid()));
+  if (lead()) {
+    remove_tree(tmp);
+    make_directories(tmp);
+  }
+  barrier();
   try {
     task_.save(tmp);
-    write_json_file(tmp + "/trainer.json", Json{{"step", step_}, {"elapsed_s", elapsed_s_}});
-    remove_tree(final_dir);
-    rename_path(tmp, final_dir);
+    barrier();
+    if (lead()) {
+      write_json_file(tmp + "/trainer.json", Json{{"step", step_}, {"elapsed_s", elapsed_s_}});
+      remove_tree(final_dir);
+      rename_path(tmp, final_dir);
+    }
   } catch (...) {
     try {
-      remove_tree(tmp);
+      if (lead()) remove_tree(tmp);
     } catch (const Error&) {
     }
     throw;
   }
-  write_file_atomically(dir + "/latest", name + "\n");
   last_checkpoint_ = final_dir;
+  if (!lead()) {
+    barrier();  // rank 0 has renamed and pruned
+    return final_dir;
+  }
+  write_file_atomically(dir + "/latest", name + "\n");
   // Keep the newest K.
   std::vector<std::pair<int64_t, std::string>> all;
   for (const auto& name : list_directory(dir)) {
@@ -171,10 +190,12 @@ std::string Trainer::save_checkpoint() {
   std::sort(all.begin(), all.end());
   for (size_t i = 0; i + static_cast<size_t>(opt_.keep_checkpoints) < all.size(); ++i) remove_tree(all[i].second);
   log_debug("saved " + final_dir);
+  barrier();
   return final_dir;
 }
 
 void Trainer::log_metrics(const Metrics& m, const std::string& prefix) {
+  if (!lead()) return;
   Json rec{{"step", step_}, {"elapsed_s", elapsed_s_}};
   for (const auto& [k, v] : m) rec[prefix + k] = std::isfinite(v) ? Json(v) : Json(nullptr);
   std::ofstream out(opt_.run_dir + "/metrics.jsonl", std::ios::app);
@@ -185,6 +206,7 @@ void Trainer::log_metrics(const Metrics& m, const std::string& prefix) {
 void Trainer::run_evaluation() {
   last_eval_ = task_.evaluate();
   log_metrics(last_eval_, "eval/");
+  if (!lead()) return;
   std::ostringstream line;
   line << "eval at step " << step_ << ":";
   // The headline first: puzzles solved exactly.
@@ -199,7 +221,7 @@ Trainer::Outcome Trainer::run() {
   const auto t0 = Clock::now();
   const int64_t total = task_.total_steps();
   const int64_t last_step = opt_.max_steps > 0 ? std::min(opt_.max_steps, total) : total;
-  const bool tty = opt_.progress_bar && ::isatty(STDERR_FILENO);
+  const bool tty = opt_.progress_bar && ::isatty(STDERR_FILENO) && lead();
   const int64_t first_step = step_;
   auto seconds = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
   const double elapsed_at_start = elapsed_s_;
@@ -240,7 +262,7 @@ Trainer::Outcome Trainer::run() {
                    static_cast<long long>(last_step), stats, rate,
                    format_duration(static_cast<double>(last_step - step_) / std::max(rate, 1e-9)).c_str());
       std::fflush(stderr);
-    } else if (step_ % opt_.log_every == 0) {
+    } else if (step_ % opt_.log_every == 0 && lead()) {
       char buf[300];
       std::snprintf(buf, sizeof buf, "step %lld/%lld %s %.2f it/s ETA %s", static_cast<long long>(step_),
                     static_cast<long long>(last_step), stats, rate,
@@ -248,13 +270,19 @@ Trainer::Outcome Trainer::run() {
       log_info(buf);
     }
 
-    const bool time_up = opt_.max_minutes > 0 && seconds() >= opt_.max_minutes * 60.0;
-    const bool stop = stop_requested();
+    bool time_up = opt_.max_minutes > 0 && seconds() >= opt_.max_minutes * 60.0;
+    bool stop = stop_requested();
+    if (opt_.collective) {
+      // A signal or the clock on any rank stops every rank at this step.
+      const auto agreed = opt_.collective->max({stop ? 1.0 : 0.0, time_up ? 1.0 : 0.0});
+      stop = agreed[0] > 0;
+      time_up = agreed[1] > 0;
+    }
     const bool eval_now = r.end_of_period || (opt_.eval_every_steps > 0 && step_ % opt_.eval_every_steps == 0);
     if (tty && (eval_now || stop || time_up || step_ == last_step)) std::fputc('\n', stderr);
     if (stop) {
       save_checkpoint();
-      log_info("stopped by signal at step " + std::to_string(step_) + "; checkpoint " + last_checkpoint_ +
+      if (lead()) log_info("stopped by signal at step " + std::to_string(step_) + "; checkpoint " + last_checkpoint_ +
                " (continue with --resume " + opt_.run_dir + ")");
       return Outcome::kInterrupted;
     }
