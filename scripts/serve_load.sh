@@ -11,15 +11,16 @@
 # a direct library solve.
 #
 # Other settings: PUZZLES (64), CLUES (50), SERVE_ARGS (extra server flags), LOAD_ARGS (extra
-# hrmclara_load flags). Exit status: 0 pass; 1 a run failed (a lost, wrong or non-200 reply) or the
+# hrmclara_load flags), SERVE_BIN and LOAD_BIN (other binaries than BUILD_DIR's, e.g. to compare
+# a patched server). Exit status: 0 pass; 1 a run failed (a lost, wrong or non-200 reply) or the
 # server did not start or exit cleanly; 2 usage.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build_dir="${1:-${BUILD_DIR:-build}}"
 case "$build_dir" in /*) ;; *) build_dir="$here/$build_dir" ;; esac
-SERVE_BIN="$build_dir/bin/hrmclara_serve"
-LOAD_BIN="$build_dir/bin/hrmclara_load"
+SERVE_BIN="${SERVE_BIN:-$build_dir/bin/hrmclara_serve}"
+LOAD_BIN="${LOAD_BIN:-$build_dir/bin/hrmclara_load}"
 CKPT="${CKPT:-$here/tests/fixtures/sudoku-trm}"
 CONCURRENCY="${CONCURRENCY:-1,8,64}"
 REQUESTS="${REQUESTS:-2000}"
