@@ -485,8 +485,7 @@ int main(int argc, char** argv) {
                 << " non-200; the first " << r.problems.size() << ":\n";
       for (const auto& p : r.problems) std::cout << "  " << p << "\n";
     }
-    std::cout << (failed ? "FAIL" : "ok") << ": every reply " << (failed ? "was not " : "was ")
-              << "a 200 with the direct call's tokens, steps and solution\n";
+    std::cout << (failed ? "FAIL: not every reply was" : "ok: every reply was") << " a 200 with the direct call's tokens, steps and solution\n";
     std::cout << std::flush;
     return failed ? 1 : 0;
   });
