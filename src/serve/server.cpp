@@ -2,6 +2,7 @@
 // limits and draining (see server.h and docs/serve.md).
 #include "serve/server.h"
 
+#include "serve/connection_watchdog.h"
 #include "serve/metrics.h"
 
 #include <hrmclara/errors.h>
@@ -212,6 +213,7 @@ void ServerOptions::validate() const {
   positive(max_body, "max-body");
   positive(threads, "threads");
   positive(read_timeout_s, "read-timeout-s");
+  positive(request_timeout_s, "request-timeout-s");
   if (hrm_max_wait_ms < 0) throw UsageError("--hrm-max-wait-ms must be >= 0");
   if (clara_max_wait_ms < 0) throw UsageError("--clara-max-wait-ms must be >= 0");
   if (host.empty()) throw UsageError("--host is empty");
@@ -226,6 +228,7 @@ struct Server::Impl {
   std::atomic<bool> draining{false};
   std::atomic<int64_t> in_flight{0};
   std::once_flag stop_once;
+  ConnectionWatchdog watchdog;
   socket_t listen_socket = INVALID_SOCKET;
 
   std::mutex hrm_mutex;
@@ -498,6 +501,12 @@ struct Server::Impl {
     s.set_read_timeout(options.read_timeout_s, 0);
     s.set_write_timeout(options.read_timeout_s, 0);
     s.set_keep_alive_timeout(options.read_timeout_s);
+    s.set_keep_alive_max_count(100);  // (httplib's 5 makes a busy client reconnect every 5 requests)
+    // Replies go out at once: httplib writes headers and body separately, and with Nagle's
+    // algorithm the body would wait for the client's delayed ACK (~40 ms per keep-alive request).
+    s.set_tcp_nodelay(true);
+    // The watchdog's view of each connection: a request read whole, a reply sent.
+    s.set_logger([this](const httplib::Request& req, const httplib::Response&) { watchdog.answered(req.remote_port); });
     // cpp-httplib listens with a backlog of 5 (compiled into Debian's library): a burst of more
     // simultaneous connections overflows it, and the clients that lose their handshake fail after
     // a second. The listening socket is kept here and given a real backlog after bind().
@@ -510,6 +519,7 @@ struct Server::Impl {
 
     // The API key, checked before routing (the page and the health check are public).
     s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      watchdog.handling(req.remote_port);
       if (options.api_key.empty() || req.path == "/" || req.path == "/healthz") return httplib::Server::HandlerResponse::Unhandled;
       const std::string expected = "Bearer " + options.api_key;
       const auto got = req.get_header_value("Authorization");
@@ -645,7 +655,8 @@ struct Server::Impl {
     try {
       hrm->validate(job->input);
     } catch (const UsageError& e) {
-      throw HttpError(400, e.what(), is_sudoku ? "puzzle" : field_of(e.what()) == "tokens" ? "inputs" : field_of(e.what()));
+      const std::string f = field_of(e.what());
+      throw HttpError(400, e.what(), f == "tokens" ? (is_sudoku ? "puzzle" : "inputs") : f);
     }
     auto done = job->done.get_future();
     metrics.in_flight("hrm", 1);
@@ -790,6 +801,7 @@ int Server::bind() {
     throw IoError("cannot listen on " + o.host + ":" + std::to_string(o.port) + " (in use, or not an address of this machine)");
   }
   if (impl_->listen_socket != INVALID_SOCKET) ::listen(impl_->listen_socket, SOMAXCONN);  // see routes()
+  impl_->watchdog.start(o.port, std::chrono::milliseconds(int64_t{o.request_timeout_s} * 1000));
   return o.port;
 }
 
@@ -802,9 +814,16 @@ void Server::drain_and_stop() {
     auto& s = *impl_;
     s.draining = true;
     const auto give_up = Clock::now() + std::chrono::milliseconds(s.options.timeout_ms + 1000);
-    while (s.in_flight > 0 && Clock::now() < give_up) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    // Idle keep-alive connections and half-sent requests would hold their threads: shut them down
+    // (again while waiting: a connection may turn idle after its reply).
+    s.watchdog.shut_down_idle();
+    while (s.in_flight > 0 && Clock::now() < give_up) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      s.watchdog.shut_down_idle();
+    }
     if (s.in_flight > 0) log_warn("drain: " + std::to_string(s.in_flight.load()) + " request(s) still running at the timeout");
     s.http.stop();
+    s.watchdog.stop();
   });
 }
 

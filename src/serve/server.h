@@ -23,8 +23,9 @@ struct ServerOptions {
   int64_t queue = 256;           // waiting requests per model; more get 503
   int64_t timeout_ms = 30000;    // a request waiting or running longer gets 504
   int64_t max_body = 1 << 20;    // bytes; larger bodies get 413
-  int threads = 32;              // HTTP connection threads
+  int threads = 128;             // HTTP connection threads (one per open connection; keep above hrm_max_batch)
   int read_timeout_s = 5;        // a connection that sends nothing for this long is closed
+  int request_timeout_s = 10;    // a connection must deliver each whole request within this (slowloris)
   int64_t max_documents = 64;    // documents, ids or top_k per CLaRa request
   int64_t max_new_tokens = 512;  // the most a request may ask for
 

@@ -50,8 +50,9 @@ int main(int argc, char** argv) {
         .option("queue", "requests that may wait per model; more get 503", "256")
         .option("timeout-ms", "a request waiting or running longer gets 504", "30000")
         .option("max-body", "the largest request body in bytes; larger get 413", "1048576")
-        .option("http-threads", "connection threads", "32")
+        .option("http-threads", "connection threads (one per open connection; keep it above --hrm-max-batch)", "128")
         .option("read-timeout-s", "a connection silent for this long is closed", "5")
+        .option("request-timeout-s", "a connection must deliver each whole request (headers and body) within this", "10")
         .common_options();
     if (!a.parse(argc, argv, 0)) return 0;
     if (a.has("log-level")) set_log_level(a.get("log-level"));
@@ -71,6 +72,7 @@ int main(int argc, char** argv) {
     o.max_body = a.get_int("max-body");
     o.threads = static_cast<int>(a.get_int("http-threads"));
     o.read_timeout_s = static_cast<int>(a.get_int("read-timeout-s"));
+    o.request_timeout_s = static_cast<int>(a.get_int("request-timeout-s"));
     o.validate();  // every flag is checked before a model loads
     if (a.has("api-key-file")) o.api_key = read_api_key(a.get("api-key-file"));
 

@@ -96,7 +96,7 @@ start_server() {
 
 # --queue 64: the bursts below (16 requests at once, on top of the background loops) must not fill
 # the queue, or the background loops' requests would get 503s; the 503 check has its own server.
-start_server server --api-key-file "$WORK/key" --max-body "$MAX_BODY" --read-timeout-s "$READ_TIMEOUT_S" --queue 64 --timeout-ms 5000
+start_server server --api-key-file "$WORK/key" --max-body "$MAX_BODY" --read-timeout-s "$READ_TIMEOUT_S" --request-timeout-s $((READ_TIMEOUT_S * 3)) --queue 64 --timeout-ms 5000
 SERVER_PID=$STARTED_PID
 PORT=$STARTED_PORT
 BASE="http://127.0.0.1:$PORT"
