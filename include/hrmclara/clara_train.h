@@ -8,12 +8,14 @@
 
 #include <hrmclara/clara.h>
 #include <hrmclara/clara_data.h>
+#include <hrmclara/process_group.h>
 #include <hrmclara/config.h>
 #include <hrmclara/optim.h>
 #include <hrmclara/trainer.h>
 
 #include <c10/core/Device.h>
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -52,7 +54,13 @@ class ClaraTrainTask : public TrainTask {
  public:
   // `config` must be validated. Loads the base and the stage's initial model (upstream's
   // from_pretrained semantics for `init`), reads the data, seeds everything from config["seed"].
-  ClaraTrainTask(const Json& config, const c10::Device& device);
+  // With `group` (data parallel under torchrun, as upstream's DeepSpeed runs): every rank collates
+  // the step's micro-batches (so the paraphrase draws stay in step), runs forward and backward on
+  // its share (micro-batch m on rank m mod world size), and the float32 master gradients are summed
+  // over ranks, which gives the single-process objective: the mean over the step's micro-batches of
+  // each one's token mean. Only trainable tensors are communicated, never the frozen base. Rank 0
+  // writes checkpoints; the other ranks add their random state (rank_<r>.pt).
+  ClaraTrainTask(const Json& config, const c10::Device& device, ProcessGroup* group = nullptr);
 
   int64_t total_steps() const override { return total_steps_; }
   StepResult train_step(int64_t step, double lr_factor) override;
@@ -93,6 +101,10 @@ class ClaraTrainTask : public TrainTask {
   std::vector<int64_t> order_;      // the permutation of rows_ for epoch_
   int64_t accumulation_ = 1, total_steps_ = 0, steps_per_epoch_ = 0;
   double mse_weight_ = 0;
+  ProcessGroup* group_ = nullptr;
+  int rank_ = 0, world_ = 1;
+  NamedTensors rng_state() const;
+  void restore_rng(std::map<std::string, torch::Tensor>& state);
 };
 
 }  // namespace hrmclara::clara

@@ -21,6 +21,8 @@ class ArgParser {
   ArgParser& option(const std::string& name, const std::string& help, const std::string& fallback = "");
   // Adds --log-level, --device and --threads, the options every compute tool takes.
   ArgParser& common_options();
+  // Adds --dist-backend and --dist-timeout-s, the trainers' options for runs under torchrun.
+  ArgParser& distributed_options();
 
   // Parses argv. Returns false after printing help for --help/-h, or the version for --version
   // (with --verbose: the system report of info.h). Throws UsageError for unknown

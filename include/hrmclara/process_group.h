@@ -49,4 +49,12 @@ class ProcessGroup : public Collective {
   std::unique_ptr<Impl> impl_;
 };
 
+class ArgParser;
+
+// For the trainers' mains, after parsing (args with common_options and distributed_options): when
+// torchrun's environment names several processes, requires --out or --resume (one run directory for
+// all), moves a CUDA `device` given as auto or cuda to cuda:LOCAL_RANK, leaves ranks > 0 at log
+// level warn (unless --log-level says otherwise) and creates the process group. Null otherwise.
+std::unique_ptr<ProcessGroup> join_distributed_run(const ArgParser& args, c10::Device& device);
+
 }  // namespace hrmclara

@@ -156,8 +156,12 @@ std::string target_of(const ClaraRow& row) {
 
 }  // namespace
 
-ClaraTrainTask::ClaraTrainTask(const Json& config, const c10::Device& device)
-    : config_(config), device_(device), paraphrase_rng_(config["paraphrase_seed"].get<int64_t>()) {
+ClaraTrainTask::ClaraTrainTask(const Json& config, const c10::Device& device, ProcessGroup* group)
+    : config_(config), device_(device), paraphrase_rng_(config["paraphrase_seed"].get<int64_t>()), group_(group) {
+  if (group_) {
+    rank_ = group_->rank();
+    world_ = group_->world_size();
+  }
   stage_ = config_["stage"].get<std::string>();
   data_stage_ = parse_clara_stage(stage_);
   const std::string base = config_["base"], init = config_["init"];
@@ -184,6 +188,7 @@ ClaraTrainTask::ClaraTrainTask(const Json& config, const c10::Device& device)
     model_ = std::make_unique<ClaraModel>(ClaraModel::load(init, base, o));
   }
   log_info(model_->load_report());
+  if (world_ > 1) torch::manual_seed(seed + static_cast<uint64_t>(rank_));  // each rank its own dropout masks
   const auto& mc = model_->config();
 
   ClaraReadOptions ro;
@@ -232,6 +237,14 @@ ClaraTrainTask::ClaraTrainTask(const Json& config, const c10::Device& device)
     } else {
       masters_.emplace_back(name, w.detach().to(at::kFloat).clone());
     }
+  }
+  if (group_) {
+    // Same seed, same fresh adapters; rank 0's are broadcast all the same (the trainable tensors
+    // only: the frozen base is read from the same files by every rank).
+    std::vector<at::Tensor> state;
+    for (auto& [name, m] : masters_) state.push_back(m.detach());
+    group_->broadcast(state, 0);
+    copy_masters_to_model();
   }
   const auto& betas = config_["adam_betas"];
   optimizer_ = std::make_unique<AdamW>(masters_, AdamW::Options{config_["lr"].get<double>(), betas[0].get<double>(),
@@ -288,7 +301,9 @@ Metrics ClaraTrainTask::accumulate_gradients() {
   int64_t targets = 0, tokens = 0;
   std::vector<std::vector<int64_t>> pos, pred;
   const auto t0 = std::chrono::steady_clock::now();
+  int64_t index = 0;
   for (const auto& b : batches) {
+    if (index++ % world_ != rank_) continue;  // another rank's micro-batch
     const auto t = tensors_of(b, device_);
     const auto r = model_->stage_forward(stage_, t, mse_weight_, /*train=*/true);
     (r.total_loss / static_cast<double>(batches.size())).backward();
@@ -312,6 +327,31 @@ Metrics ClaraTrainTask::accumulate_gradients() {
         pred.emplace_back(idx[i].data_ptr<int64_t>(), idx[i].data_ptr<int64_t>() + idx.size(1));
         const auto& p = b.pos_index[static_cast<size_t>(i)];
         pos.emplace_back(p.begin(), p.end());
+      }
+    }
+  }
+  if (group_) {
+    // The objective's gradient: every rank's share summed (each was divided by the step's count).
+    std::vector<at::Tensor> grads;
+    for (auto& [name, m] : masters_) grads.push_back(m.mutable_grad());
+    group_->all_reduce_sum(grads);
+    auto sums = torch::tensor({loss, qa, mse, static_cast<double>(targets), static_cast<double>(tokens)}, torch::kDouble).to(device_);
+    group_->all_reduce_sum({sums});
+    const auto host = sums.cpu();
+    loss = host[0].item<double>();
+    qa = host[1].item<double>();
+    mse = host[2].item<double>();
+    targets = static_cast<int64_t>(host[3].item<double>());
+    tokens = static_cast<int64_t>(host[4].item<double>());
+    if (data_stage_ == ClaraStage::kStage2) {
+      // Retrieval metrics over every rank's rows.
+      const auto all = group_->all_gather(Json{{"pos", pos}, {"pred", pred}}.dump());
+      pos.clear();
+      pred.clear();
+      for (const auto& text : all) {
+        const auto j = Json::parse(text);
+        for (const auto& p : j["pos"]) pos.push_back(p.get<std::vector<int64_t>>());
+        for (const auto& p : j["pred"]) pred.push_back(p.get<std::vector<int64_t>>());
       }
     }
   }
@@ -438,15 +478,8 @@ Metrics ClaraTrainTask::evaluate() {
   return out;
 }
 
-void ClaraTrainTask::save(const std::string& dir) const {
-  model_->save_upstream(dir);
-  model_->save(dir);
+NamedTensors ClaraTrainTask::rng_state() const {
   NamedTensors state;
-  for (auto& [k, v] : optimizer_->state()) state.emplace_back("optimizer." + k, v);
-  for (size_t i = 0; i < working_.size(); ++i) {
-    const auto& [name, w] = working_[i];
-    if (!w.is_same(masters_[i].second) || name.rfind("base.", 0) == 0) state.emplace_back("master." + name, masters_[i].second);
-  }
   {
     auto gen = at::globalContext().defaultGenerator(c10::Device(c10::kCPU));
     std::lock_guard<std::mutex> lock(gen.mutex());
@@ -457,13 +490,51 @@ void ClaraTrainTask::save(const std::string& dir) const {
     std::lock_guard<std::mutex> lock(gen.mutex());
     state.emplace_back("rng.device", gen.get_state());
   }
+  return state;
+}
+
+void ClaraTrainTask::restore_rng(std::map<std::string, torch::Tensor>& s) {
+  {
+    auto gen = at::globalContext().defaultGenerator(c10::Device(c10::kCPU));
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(s["rng.cpu"]);
+  }
+  if (s.count("rng.device") && !device_.is_cpu()) {
+    auto gen = at::globalContext().defaultGenerator(device_);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(s["rng.device"]);
+  }
+}
+
+void ClaraTrainTask::save(const std::string& dir) const {
+  if (rank_ != 0) {
+    // The model, optimizer and data position are the same on every rank: rank 0 saves them.
+    save_tensor_archive(dir + "/rank_" + std::to_string(rank_) + ".pt", rng_state());
+    return;
+  }
+  model_->save_upstream(dir);
+  model_->save(dir);
+  NamedTensors state;
+  for (auto& [k, v] : optimizer_->state()) state.emplace_back("optimizer." + k, v);
+  for (size_t i = 0; i < working_.size(); ++i) {
+    const auto& [name, w] = working_[i];
+    if (!w.is_same(masters_[i].second) || name.rfind("base.", 0) == 0) state.emplace_back("master." + name, masters_[i].second);
+  }
+  for (auto& item : rng_state()) state.push_back(std::move(item));
   const auto py = paraphrase_rng_.state();
   state.emplace_back("rng.python", torch::tensor(std::vector<int64_t>(py.begin(), py.end()), torch::kLong));
   save_tensor_archive(dir + "/train_state.pt", state);
-  write_json_file(dir + "/data_position.json", Json{{"epoch", epoch_}, {"cursor", cursor_}});
+  write_json_file(dir + "/data_position.json", Json{{"epoch", epoch_}, {"cursor", cursor_}, {"world_size", world_}});
 }
 
 void ClaraTrainTask::load(const std::string& dir) {
+  {
+    const Json pos = read_json_file(dir + "/data_position.json");
+    const int64_t saved_world = pos.value("world_size", int64_t{1});
+    if (saved_world != world_)
+      throw ConfigError(dir + ": written by a run of " + std::to_string(saved_world) + " process(es); resume it with " +
+                        std::to_string(saved_world) + " (this run has " + std::to_string(world_) + ")");
+  }
   ClaraLoadOptions o;
   o.device = device_;
   o.dtype = model_->base().dtype();
@@ -503,15 +574,13 @@ void ClaraTrainTask::load(const std::string& dir) {
     if (k.rfind("optimizer.", 0) == 0) opt_state.emplace_back(k.substr(10), v);
   optimizer_->load_state(opt_state);
   if (!s.count("rng.cpu") || !s.count("rng.python")) throw FormatError(state_path + ": missing the random generators' state");
-  {
-    auto gen = at::globalContext().defaultGenerator(c10::Device(c10::kCPU));
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_state(s["rng.cpu"]);
-  }
-  if (s.count("rng.device") && !device_.is_cpu()) {
-    auto gen = at::globalContext().defaultGenerator(device_);
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_state(s["rng.device"]);
+  restore_rng(s);
+  if (rank_ != 0) {
+    const std::string rank_path = dir + "/rank_" + std::to_string(rank_) + ".pt";
+    std::map<std::string, torch::Tensor> r;
+    for (auto& [k, v] : load_tensor_archive(rank_path)) r[k] = v;
+    if (!r.count("rng.cpu")) throw FormatError(rank_path + ": missing 'rng.cpu'");
+    restore_rng(r);
   }
   const auto py = s["rng.python"].to(torch::kLong).contiguous();
   paraphrase_rng_.set_state(std::vector<uint32_t>(py.data_ptr<int64_t>(), py.data_ptr<int64_t>() + py.numel()));

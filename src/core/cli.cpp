@@ -33,6 +33,11 @@ ArgParser& ArgParser::option(const std::string& name, const std::string& help, c
   return *this;
 }
 
+ArgParser& ArgParser::distributed_options() {
+  option("dist-backend", "under torchrun: auto (NCCL on CUDA, else Gloo), gloo or nccl", "auto");
+  return option("dist-timeout-s", "under torchrun: a rank that dies or hangs fails the others after this many seconds", "300");
+}
+
 ArgParser& ArgParser::common_options() {
   option("log-level", "trace|debug|info|warn|error|off", "info");
   option("device", "auto|cpu|cuda|cuda:N|mps (auto: MPS, then CUDA, then CPU)", "auto");

@@ -8,6 +8,8 @@
 // inside libtorch, and nothing here touches a gloo type (gloo::Context and the rendezvous store
 // differ between the two versions). Keep it that way: this is the one file that includes the
 // header, it never includes anything else of gloo, and it catches errors as std::exception.
+#include <hrmclara/cli.h>
+#include <hrmclara/device.h>
 #include <hrmclara/log.h>
 #include <hrmclara/process_group.h>
 
@@ -196,6 +198,18 @@ void ProcessGroup::broadcast(const std::vector<at::Tensor>& tensors, int root) {
     o.rootRank = root;
     run_collective("broadcast", impl_->seconds, [&] { return impl_->group->broadcast(v, o); });
   }
+}
+
+std::unique_ptr<ProcessGroup> join_distributed_run(const ArgParser& args, c10::Device& device) {
+  const double timeout_s = args.get_double("dist-timeout-s");
+  if (!(timeout_s > 0)) throw UsageError("--dist-timeout-s must be positive");
+  const auto env = DistEnv::from_env();
+  if (!env.active()) return nullptr;
+  if (!args.has("out") && !args.has("resume")) throw UsageError("a distributed run needs --out RUNDIR (the same on every rank)");
+  if (device.is_cuda() && (args.get("device") == "auto" || args.get("device") == "cuda"))
+    device = resolve_device("cuda:" + std::to_string(env.local_rank));
+  if (env.rank != 0 && !args.has("log-level")) set_log_level("warn");  // rank 0 reports for all
+  return ProcessGroup::create(env, args.get("dist-backend"), device, std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
 }
 
 }  // namespace hrmclara

@@ -2,6 +2,7 @@
 // (models/clara/*.json) with key=value overrides; --base, --init and --data set the common keys.
 #include <hrmclara/clara_train.h>
 #include <hrmclara/cli.h>
+#include <hrmclara/process_group.h>
 #include <hrmclara/config.h>
 #include <hrmclara/device.h>
 #include <hrmclara/errors.h>
@@ -49,11 +50,14 @@ int main(int argc, char** argv) {
         .option("dtype", std::string(kDtypeChoices) + "; sets 'dtype' (compute dtype; float32 masters are kept)")
         .flag("no-progress", "log lines instead of a live progress bar")
         .flag("print-config", "print the resolved config and exit")
+        .distributed_options()
         .common_options();
     if (!args.parse(argc, argv)) return 0;
     install_stop_signal_handlers();
     configure_threads(static_cast<int>(args.get_int("threads")));
-    const auto device = resolve_device(args.get("device"));
+    auto device = resolve_device(args.get("device"));
+    // Under torchrun: this process's rank of the run (and the GPU of its local rank).
+    const auto group = join_distributed_run(args, device);
 
     Json config;
     std::string run_dir;
@@ -79,7 +83,7 @@ int main(int argc, char** argv) {
       run_dir = args.has("out") ? args.get("out") : default_run_dir();
     }
 
-    ClaraTrainTask task(config, device);
+    ClaraTrainTask task(config, device, group.get());
     TrainerOptions opt;
     opt.run_dir = run_dir;
     opt.log_every = config["log_every"].get<int64_t>();
@@ -89,6 +93,7 @@ int main(int argc, char** argv) {
     opt.max_minutes = args.get_double("max-minutes");
     opt.max_steps = args.get_int("max-steps");
     opt.progress_bar = !args.has("no-progress");
+    opt.collective = group.get();
     const std::string scheduler = config["lr_scheduler"];
     const double warmup_ratio = config["warmup_ratio"].get<double>(), min_ratio = config["min_lr_ratio"].get<double>();
     opt.lr_schedule = [=](int64_t step, int64_t total) {
@@ -100,6 +105,7 @@ int main(int argc, char** argv) {
     else trainer.start(config);
     const auto outcome = trainer.run();
 
+    if (group && group->rank() != 0) return 0;  // rank 0 reports
     const std::string metrics = run_dir + "/metrics.jsonl";
     write_training_plot(metrics, run_dir + "/curves.svg");
     std::cout << summary_table(read_metric_series(metrics), {"train/loss", "train/qa_loss", "train/mse", "train/lr", "train/grad_norm",

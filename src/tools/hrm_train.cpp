@@ -3,7 +3,6 @@
 #include <hrmclara/cli.h>
 #include <hrmclara/config.h>
 #include <hrmclara/device.h>
-#include <hrmclara/distributed.h>
 #include <hrmclara/process_group.h>
 #include <hrmclara/errors.h>
 #include <hrmclara/files.h>
@@ -56,27 +55,16 @@ int main(int argc, char** argv) {
         .flag("no-progress", "no live progress bar (log lines instead)")
         .flag("print-config", "print the resolved config and exit")
         .option("dtype", std::string(kDtypeChoices) + "; auto: the config's arch.forward_dtype where the device runs it natively, else float32", "auto")
-        .option("dist-backend", "under torchrun: auto (NCCL on CUDA, else Gloo), gloo or nccl", "auto")
-        .option("dist-timeout-s", "under torchrun: a rank that dies or hangs fails the others after this many seconds", "300")
+        .distributed_options()
         .common_options();
     if (!args.parse(argc, argv)) return 0;
-    const auto dist = DistEnv::from_env();
-    if (args.get_double("dist-timeout-s") <= 0) throw UsageError("--dist-timeout-s must be positive");
     // From here on SIGINT/SIGTERM ask the trainer to save and stop after the current step.
     install_stop_signal_handlers();
     configure_threads(static_cast<int>(args.get_int("threads")));
     keep_freed_memory();  // no page faults on the activations re-allocated every step
-    // Under torchrun each process takes the GPU of its local rank.
     auto device = resolve_device(args.get("device"));
-    if (dist.active() && device.is_cuda() && (args.get("device") == "auto" || args.get("device") == "cuda"))
-      device = resolve_device("cuda:" + std::to_string(dist.local_rank));
-    std::unique_ptr<ProcessGroup> group;
-    if (dist.active()) {
-      if (!args.has("out") && !args.has("resume")) throw UsageError("a distributed run needs --out RUNDIR (the same on every rank)");
-      if (dist.rank != 0 && !args.has("log-level")) set_log_level("warn");  // rank 0 reports for all
-      group = ProcessGroup::create(dist, args.get("dist-backend"), device,
-                                   std::chrono::milliseconds(static_cast<int64_t>(args.get_double("dist-timeout-s") * 1000)));
-    }
+    // Under torchrun: this process's rank of the run (and the GPU of its local rank).
+    const auto group = join_distributed_run(args, device);
 
     Json config;
     std::string run_dir;

@@ -261,6 +261,44 @@ TEST_F(Distributed, TorchrunLaunchesTheTrainer) {
   for (size_t i = 0; i < one.size(); ++i) EXPECT_NEAR(tr[i], one[i], 1e-5 * std::abs(one[i]));
 }
 
+// CLaRa stage 1 (compressor + decoder adapters and the memory rows), float32, dropout off: 4
+// micro-batches per step, 2 per rank on 2 processes.
+TEST(DistributedClara, TwoProcessesTrainAsOne) {
+  ScratchDir dir;
+  std::string rows;
+  for (int i = 0; i < 4; ++i) rows += read_bytes(fixture("clara-train/stage1.jsonl"));
+  write_bytes(dir / "rows.jsonl", rows);
+  auto args = [&](const std::string& out) {
+    return std::vector<std::string>{tool("clara_train"), "--stage", "stage1", "--base", fixture("clara-reference"), "--data",
+                                    dir / "rows.jsonl", "--dtype", "float32", "--no-progress", "--threads", "1", "--out", out,
+                                    "--dist-timeout-s", "20", "doc_max_length=32", "compr_rate=8", "lora_r=4", "train_batch_size=4",
+                                    "micro_batch_size=1", "max_steps=4", "lora_dropout=0", "log_every=1"};
+  };
+  std::string single;
+  for (const auto& a : args(dir / "one")) single += "'" + a + "' ";
+  const auto r = run_command(single, dir.path());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto codes = run_ranks(2, {args(dir / "two"), args(dir / "two")}, dir.path());
+  ASSERT_EQ(codes, (std::vector<int>{0, 0})) << log_of(dir.path(), 0) << log_of(dir.path(), 1);
+  const auto one = column(dir / "one/metrics.jsonl", "train/loss"), two = column(dir / "two/metrics.jsonl", "train/loss");
+  ASSERT_EQ(one.size(), 4u);
+  ASSERT_EQ(two.size(), one.size());
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_NEAR(two[i], one[i], 1e-5 * std::abs(one[i])) << "step " << i + 1;
+  EXPECT_NE(one[0], one[1]);
+  const auto gn1 = column(dir / "one/metrics.jsonl", "train/grad_norm"), gn2 = column(dir / "two/metrics.jsonl", "train/grad_norm");
+  for (size_t i = 0; i < gn1.size(); ++i) EXPECT_NEAR(gn2[i], gn1[i], 1e-4 * gn1[i]) << "step " << i + 1;
+  const auto wa = read_safetensors(dir / "one/checkpoints/step_4/clara.safetensors");
+  const auto wb = read_safetensors(dir / "two/checkpoints/step_4/clara.safetensors");
+  ASSERT_EQ(wa.size(), wb.size());
+  double worst = 0;
+  for (size_t i = 0; i < wa.size(); ++i) {
+    ASSERT_EQ(wa[i].first, wb[i].first);
+    worst = std::max(worst, (wa[i].second.to(at::kDouble) - wb[i].second.to(at::kDouble)).abs().max().item<double>());
+  }
+  EXPECT_LT(worst, 1e-6);
+  EXPECT_TRUE(file_exists(dir / "two/checkpoints/step_4/rank_1.pt"));
+}
+
 TEST(DistEnv, ReadsTorchrunsVariables) {
   auto with_env = [](const std::vector<std::pair<const char*, const char*>>& vars) {
     for (const char* k : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_USE_AGENT_STORE"})
