@@ -11,6 +11,7 @@
 #include <c10/core/Device.h>
 
 #include <chrono>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -35,6 +36,8 @@ class ProcessGroup : public Collective {
   // Sums every tensor over ranks in place. Tensors of one dtype and device go through one
   // flattened bucket of at most `bucket_bytes` per collective call.
   void all_reduce_sum(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes = int64_t{25} << 20);
+  // Sums named scalars (metrics) over ranks in one collective; every rank must pass the same keys.
+  void all_reduce_sum(std::map<std::string, double>& values);
   // Every rank's `t` (same shape on all ranks) concatenated along dim 0, in rank order.
   at::Tensor all_gather_cat(const at::Tensor& t);
   // Rank `root`'s values into every rank's tensors.

@@ -335,14 +335,14 @@ Metrics ClaraTrainTask::accumulate_gradients() {
     std::vector<at::Tensor> grads;
     for (auto& [name, m] : masters_) grads.push_back(m.mutable_grad());
     group_->all_reduce_sum(grads);
-    auto sums = torch::tensor({loss, qa, mse, static_cast<double>(targets), static_cast<double>(tokens)}, torch::kDouble).to(device_);
-    group_->all_reduce_sum({sums});
-    const auto host = sums.cpu();
-    loss = host[0].item<double>();
-    qa = host[1].item<double>();
-    mse = host[2].item<double>();
-    targets = static_cast<int64_t>(host[3].item<double>());
-    tokens = static_cast<int64_t>(host[4].item<double>());
+    std::map<std::string, double> sums = {{"loss", loss}, {"qa", qa}, {"mse", mse}, {"targets", static_cast<double>(targets)},
+                                          {"tokens", static_cast<double>(tokens)}};
+    group_->all_reduce_sum(sums);
+    loss = sums["loss"];
+    qa = sums["qa"];
+    mse = sums["mse"];
+    targets = static_cast<int64_t>(sums["targets"]);
+    tokens = static_cast<int64_t>(sums["tokens"]);
     if (data_stage_ == ClaraStage::kStage2) {
       // Retrieval metrics over every rank's rows.
       const auto all = group_->all_gather(Json{{"pos", pos}, {"pred", pred}}.dump());

@@ -182,6 +182,17 @@ void ProcessGroup::all_reduce_sum(const std::vector<at::Tensor>& tensors, int64_
   }
 }
 
+void ProcessGroup::all_reduce_sum(std::map<std::string, double>& values) {
+  std::vector<double> flat;
+  for (const auto& [k, v] : values) flat.push_back(v);
+  if (flat.empty()) return;
+  auto t = at::tensor(flat, at::TensorOptions().dtype(at::kDouble)).to(impl_->device);
+  all_reduce_sum(std::vector<at::Tensor>{t});
+  const auto host = t.cpu();
+  int64_t i = 0;
+  for (auto& [k, v] : values) v = host[i++].item<double>();
+}
+
 at::Tensor ProcessGroup::all_gather_cat(const at::Tensor& t) {
   auto input = t.contiguous();
   std::vector<at::Tensor> in{input};

@@ -233,13 +233,7 @@ EvalResult evaluate_model(PuzzleModelImpl& model, const PuzzleDataset& data, int
   if (group) {
     // Every rank ends up with the sums over all ranks (the same keys on every rank: act_loss's).
     for (const char* k : {"count", "accuracy", "exact_accuracy", "q_halt_accuracy", "lm_loss", "q_halt_loss", "steps"}) sums[k] += 0.0;
-    std::vector<double> values;
-    for (const auto& [k, v] : sums) values.push_back(v);
-    auto t = torch::tensor(values, torch::kDouble).to(device);
-    group->all_reduce_sum({t});
-    const auto host = t.cpu();
-    int64_t i = 0;
-    for (auto& [k, v] : sums) v = host[i++].item<double>();
+    group->all_reduce_sum(sums);
   }
   EvalResult r;
   const double count = std::max(1.0, sums["count"]);
@@ -363,15 +357,7 @@ TrainTask::StepResult HrmTrainTask::train_step(int64_t /*step*/, double lr_facto
   StepResult r;
   result.metrics["loss"] = result.loss;
   auto host = metrics_to_host(result.metrics);
-  if (group_) {
-    std::vector<double> values;
-    for (const auto& [name, x] : host) values.push_back(x);
-    auto t = torch::tensor(values, torch::kDouble).to(device_);
-    group_->all_reduce_sum({t});
-    const auto summed = t.cpu();
-    int64_t i = 0;
-    for (auto& [name, x] : host) x = summed[i++].item<double>();
-  }
+  if (group_) group_->all_reduce_sum(host);
   // Upstream's reduction: losses per global batch, the rest per halted example.
   const double count = std::max(1.0, host.at("count"));
   for (const auto& [name, x] : host) {
