@@ -148,6 +148,43 @@ TEST(HrmSolver, ConcurrentCallersGetTheSequentialAnswers) {
   }
 }
 
+// An upstream checkpoint (step_0 with all_config.yaml beside it) loads unchanged: with halting
+// "max" the solver's answer is the argmax of upstream's own final eval logits (tests/fixtures/
+// hrm-reference, made by running sapientinc/HRM), up to float32 near-ties.
+TEST(HrmSolver, LoadsAnUpstreamCheckpointAndAnswersAsUpstream) {
+  HrmSolverOptions o;
+  o.halting = "max";
+  o.dataset_json = fixture("hrm-reference/dataset.json");
+  o.dtype = "float32";
+  const auto solver = HrmSolver::load(fixture("hrm-reference/step_0"), o);
+  EXPECT_EQ(solver.info().arch, hrm::kHrmArchName);
+  EXPECT_EQ(solver.info().max_steps, 4);
+  std::map<std::string, at::Tensor> batch, expected;
+  for (auto& [k, v] : read_safetensors(fixture("hrm-reference/batch.safetensors"))) batch[k] = v;
+  for (auto& [k, v] : read_safetensors(fixture("hrm-reference/expected.safetensors"))) expected[k] = v;
+  const auto& inputs = batch.at("inputs");
+  std::vector<PuzzleInput> in;
+  for (int64_t b = 0; b < inputs.size(0); ++b) {
+    const auto row = inputs[b].contiguous();
+    in.push_back({std::vector<int32_t>(row.data_ptr<int32_t>(), row.data_ptr<int32_t>() + row.numel()),
+                  batch.at("puzzle_identifiers")[b].item<int64_t>()});
+  }
+  const auto out = solver.solve(in);
+  const auto logits = expected.at("eval.3.logits");
+  const auto q_halt = expected.at("eval.3.q_halt_logits");
+  for (size_t b = 0; b < in.size(); ++b) {
+    EXPECT_EQ(out[b].steps, 4);
+    EXPECT_NEAR(out[b].q_halt, q_halt[static_cast<int64_t>(b)].item<float>(), 1e-4);
+    for (int64_t t = 0; t < logits.size(1); ++t) {
+      const auto row = logits[static_cast<int64_t>(b)][t];
+      const int64_t want = row.argmax().item<int64_t>();
+      const int32_t got = out[b].tokens[static_cast<size_t>(t)];
+      if (got != want)  // only where upstream's top two logits are within float32 noise
+        EXPECT_LT(row[want].item<float>() - row[got].item<float>(), 1e-4) << "row " << b << " position " << t;
+    }
+  }
+}
+
 TEST(HrmSolver, RefusesBadInputNamingTheField) {
   const auto solver = HrmSolver::load(sudoku_checkpoint());
   auto message = [&](const PuzzleInput& p) {
