@@ -33,6 +33,17 @@ std::string stream_piece(const std::string& decoded, const std::string& sent) {
   return decoded.substr(sent.size());
 }
 
+// Documents a compressor may take: not blank, and free of CLaRa's control-token text (which would
+// shift the memory slots). UsageError naming documents[i].
+void check_documents(const std::vector<std::string>& documents) {
+  for (size_t i = 0; i < documents.size(); ++i) {
+    if (blank(documents[i])) throw UsageError("documents[" + std::to_string(i) + "] is empty");
+    const auto control = find_clara_control_text(documents[i]);
+    if (!control.empty())
+      throw UsageError("documents[" + std::to_string(i) + "] contains the CLaRa control token text '" + control + "'");
+  }
+}
+
 }  // namespace
 
 struct ClaraPipeline::Impl {
@@ -119,12 +130,7 @@ const ClaraPipelineInfo& ClaraPipeline::info() const { return impl_->info; }
 
 std::vector<std::vector<float>> ClaraPipeline::compress(const std::vector<std::string>& documents) const {
   if (documents.empty()) return {};
-  for (size_t i = 0; i < documents.size(); ++i) {
-    if (blank(documents[i])) throw UsageError("documents[" + std::to_string(i) + "] is empty");
-    const auto control = find_clara_control_text(documents[i]);
-    if (!control.empty())
-      throw UsageError("documents[" + std::to_string(i) + "] contains the CLaRa control token text '" + control + "'");
-  }
+  check_documents(documents);
   at::Tensor memory;
   {
     std::lock_guard<std::mutex> lock(impl_->model_mutex);
@@ -210,12 +216,7 @@ void ClaraPipeline::validate(const ClaraQuestion& q) const {
   if (sources != 1) throw UsageError("documents: give exactly one of documents, ids and retrieve");
   if (q.top_k < 0) throw UsageError("top_k must be >= 0");
   if (q.top_k > 0 && !q.retrieve) throw UsageError("top_k: only with retrieve");
-  for (size_t i = 0; i < q.documents.size(); ++i) {
-    if (blank(q.documents[i])) throw UsageError("documents[" + std::to_string(i) + "] is empty");
-    const auto control = find_clara_control_text(q.documents[i]);
-    if (!control.empty())
-      throw UsageError("documents[" + std::to_string(i) + "] contains the CLaRa control token text '" + control + "'");
-  }
+  check_documents(q.documents);
   if (!q.index_ids.empty() || q.retrieve) {
     if (!impl_->index) throw UsageError(std::string(q.retrieve ? "retrieve" : "ids") + ": the server has no index");
     std::shared_lock<std::shared_mutex> lock(impl_->index_mutex);
