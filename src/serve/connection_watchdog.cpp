@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
 #include <set>
 #include <string>
@@ -88,6 +89,38 @@ void ConnectionWatchdog::answered(int peer_port) {
   if (it == by_peer_.end()) return;
   it->second.handling = false;
   it->second.deadline = Clock::now() + limit_;  // the time the next request on it may take
+}
+
+bool ConnectionWatchdog::client_gone(int peer_port) {
+  int fd = -1;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = by_peer_.find(peer_port);
+    if (it != by_peer_.end()) fd = it->second.fd;
+  }
+  if (fd < 0) {
+    // A connection newer than the last scan: learn the descriptors of every such connection
+    // at once (one pass over /proc/self/fd serves the whole batch that follows).
+    const auto live = connections_on(local_port_);
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [peer, entry] : by_peer_) {
+      const auto found = live.find(peer);
+      if (entry.fd < 0 && found != live.end()) entry.fd = found->second;
+    }
+    const auto found = live.find(peer_port);
+    if (found == live.end()) return false;  // not found: no evidence that the client left
+    fd = found->second;
+  }
+  // The descriptor may have been closed and reused since: it must still be that peer's. Only
+  // positive evidence (end of stream, a reset) says the client left.
+  sockaddr_storage peer{};
+  socklen_t n = sizeof peer;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &n) != 0 || port_of(peer) != peer_port) return false;
+  char c = 0;
+  const ssize_t got = ::recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (got > 0) return false;  // a pipelined request waits: the client is there
+  if (got == 0) return true;  // end of stream: the client closed its end
+  return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;  // reset, or the socket is gone
 }
 
 void ConnectionWatchdog::shut_down_idle() { scan(true); }

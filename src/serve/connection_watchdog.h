@@ -29,6 +29,11 @@ class ConnectionWatchdog {
   // A request from the client at `peer_port` was read whole and is being handled / was answered.
   void handling(int peer_port);
   void answered(int peer_port);
+  // Whether the client at `peer_port` has closed its end of the connection (or reset it): its
+  // request is abandoned and not worth a queue slot or a model step. Meant for connections
+  // whose request is being handled (httplib keeps their descriptor open meanwhile); a half-closed
+  // client that still waits for its reply counts as gone, as with nginx's 499.
+  bool client_gone(int peer_port);
   // Shuts down every connection not handling a request now (a drain: idle keep-alive and
   // half-sent requests would otherwise keep the server's threads).
   void shut_down_idle();

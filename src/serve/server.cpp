@@ -157,10 +157,16 @@ Json passages_json(const std::vector<RetrievedPassage>& passages) {
   return out;
 }
 
+// The status of a request whose client closed the connection before its reply (nginx's 499):
+// counted in the metrics, never delivered.
+constexpr int kClientGone = 499;
+constexpr const char* kClientGoneMessage = "the client closed the connection before the reply";
+
 // ---- HRM worker --------------------------------------------------------------------------------
 
 struct HrmJob {
   PuzzleInput input;
+  int peer_port = -1;  // the client's connection (the watchdog tells whether it is still there)
   Clock::time_point enqueued, deadline;
   std::promise<void> done;
   // Set by the worker before `done`:
@@ -191,6 +197,7 @@ struct ClaraJob {
   bool return_vectors = true;
   int64_t top_k = 0;                   // search
   std::shared_ptr<Stream> stream;      // answer with "stream": true
+  int peer_port = -1;                  // the client's connection
   Clock::time_point enqueued, deadline;
   std::promise<void> done;
   Json reply;
@@ -302,6 +309,12 @@ struct Server::Impl {
             job->done.set_value();
             continue;
           }
+          if (watchdog.client_gone(job->peer_port)) {  // left while queued: no step for nobody
+            job->status = kClientGone;
+            job->error = kClientGoneMessage;
+            job->done.set_value();
+            continue;
+          }
           try {
             batch.add(job->input, next_tag);
             running[next_tag++] = job;
@@ -375,6 +388,8 @@ struct Server::Impl {
         job->queue_ms = ms_since(job->enqueued);
         if (Clock::now() > job->deadline) {
           finish(*job, 504, error_body(504, "the request waited longer than the timeout (" + std::to_string(options.timeout_ms) + " ms)", ""));
+        } else if (watchdog.client_gone(job->peer_port)) {
+          finish(*job, kClientGone, error_body(kClientGone, kClientGoneMessage, ""));
         } else {
           live.push_back(job);
         }
@@ -452,10 +467,13 @@ struct Server::Impl {
     }
   }
 
-  // Queues a job for a worker: 503 when draining or the queue is full.
+  // Queues a job for a worker: 503 when draining or the queue is full; a request whose client has
+  // already closed the connection (sent and hung up) takes no queue slot (499, never delivered).
   template <typename Job>
   void enqueue(std::mutex& mutex, std::condition_variable& cv, std::deque<std::shared_ptr<Job>>& queue,
-               const std::shared_ptr<Job>& job, const char* model) {
+               const std::shared_ptr<Job>& job, const char* model, const httplib::Request& req) {
+    job->peer_port = req.remote_port;
+    if (watchdog.client_gone(job->peer_port)) throw HttpError(kClientGone, kClientGoneMessage);
     job->enqueued = Clock::now();
     job->deadline = job->enqueued + std::chrono::milliseconds(options.timeout_ms);
     {
@@ -582,7 +600,7 @@ struct Server::Impl {
         job->documents = body.strings("documents", static_cast<size_t>(options.max_documents), static_cast<size_t>(options.max_body));
         if (job->documents.empty()) throw HttpError(400, "documents is empty", "documents");
         if (body.has("return_vectors")) job->return_vectors = body.boolean("return_vectors");
-        run_clara_job(job, r);
+        run_clara_job(job, q, r);
       });
     });
     s.Get("/v1/clara/documents", [this](const httplib::Request& req, httplib::Response& res) {
@@ -604,7 +622,7 @@ struct Server::Impl {
         job->question.question = body.string("question", static_cast<size_t>(options.max_body));
         job->top_k = body.has("top_k") ? body.integer("top_k", 1, std::min<int64_t>(options.max_documents, clara->index_size()))
                                        : std::min<int64_t>(clara->info().generation_top_k, clara->index_size());
-        run_clara_job(job, r);
+        run_clara_job(job, q, r);
       });
     });
     s.Post("/v1/clara/answer", [this](const httplib::Request& req, httplib::Response& res) {
@@ -664,7 +682,7 @@ struct Server::Impl {
       Metrics& m;
       ~Leave() { m.in_flight("hrm", -1); }
     } leave{metrics};
-    enqueue(hrm_mutex, hrm_cv, hrm_queue, job, "hrm");
+    enqueue(hrm_mutex, hrm_cv, hrm_queue, job, "hrm", req);
     await(*job, done);
     if (job->status != 200) throw HttpError(job->status, job->error);
     const auto& s = job->solution;
@@ -710,7 +728,7 @@ struct Server::Impl {
       throw HttpError(400, e.what(), field);
     }
     if (!stream) {
-      run_clara_job(job, res);
+      run_clara_job(job, req, res);
       res.status = job->status;
       if (job->status == 200) {
         job->reply["latency_ms"] = ms_since(start);
@@ -720,8 +738,8 @@ struct Server::Impl {
     }
     // Streamed: the job is queued now (so a full queue is still a 503), the events follow.
     job->stream = std::make_shared<Stream>();
-    metrics.in_flight("clara", 1);
-    enqueue(clara_mutex, clara_cv, clara_queue, job, "clara");
+    enqueue(clara_mutex, clara_cv, clara_queue, job, "clara", req);
+    metrics.in_flight("clara", 1);  // (after a refusal, nothing is in flight)
     auto counted = std::make_shared<InFlight>(*this);
     res.status = 200;
     res.set_header("Cache-Control", "no-cache");
@@ -773,14 +791,14 @@ struct Server::Impl {
   }
 
   // Runs a non-streamed CLaRa job through the worker and writes its reply.
-  void run_clara_job(const std::shared_ptr<ClaraJob>& job, httplib::Response& res) {
+  void run_clara_job(const std::shared_ptr<ClaraJob>& job, const httplib::Request& req, httplib::Response& res) {
     auto done = job->done.get_future();
     metrics.in_flight("clara", 1);
     struct Leave {
       Metrics& m;
       ~Leave() { m.in_flight("clara", -1); }
     } leave{metrics};
-    enqueue(clara_mutex, clara_cv, clara_queue, job, "clara");
+    enqueue(clara_mutex, clara_cv, clara_queue, job, "clara", req);
     await(*job, done);
     reply_json(res, job->status, job->reply);
   }

@@ -10,6 +10,7 @@
 #include <hrmclara/info.h>
 #include <hrmclara/optim.h>
 
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -177,6 +178,7 @@ int main(int argc, char** argv) {
         .option("dtype", std::string(kDtypeChoices) + "; auto: the file's forward_dtype where the device runs it natively, else float32", "auto")
         .option("attention", "exact (reference order) or sdpa (LibTorch's kernel)", "exact")
         .option("fused", "on: the layers' fused float32 CPU kernels (default); off: the plain op chains", "on")
+        .option("profile", "write the timed steps' operator trace here (Chrome trace JSON; slows the steps)", "")
         .common_options();
     if (!args.parse(argc, argv, 0)) return 0;
     const std::string mode = args.get("mode");
@@ -246,8 +248,12 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < warmup; ++i) step();
     sync();
     const auto t0 = std::chrono::steady_clock::now();
-    for (int64_t i = 0; i < steps; ++i) step();
-    sync();
+    {
+      std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+      if (!args.get("profile").empty()) profile = std::make_unique<torch::autograd::profiler::RecordProfile>(args.get("profile"));
+      for (int64_t i = 0; i < steps; ++i) step();
+      sync();
+    }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double peak_mb = peak_rss_mb();
     const double ms = 1000.0 * seconds / static_cast<double>(steps);

@@ -353,6 +353,14 @@ if kill -0 "$SERVER_PID" 2>/dev/null && [[ $STATUS == 200 ]] && good_reply "$WOR
 else
   fail "abrupt disconnects" "after them: HTTP $STATUS ${BODY:0:200}"
 fi
+# The whole requests whose clients hung up were dropped, not solved: counted as 499.
+req GET /metrics -H "$AUTH"
+gone=$(grep '^hrmclara_requests_total{endpoint="hrm_solve",status="499"}' <<<"$BODY" | awk '{ print $2 }')
+if [[ -n $gone ]] && ((gone > 0)); then
+  ok "abandoned requests dropped: $gone of the 104 whole requests counted as 499 (client gone)"
+else
+  fail "abandoned requests" "no hrm_solve request counted with status 499 (metrics: '${gone}')"
+fi
 # Nothing is left counted in flight once the abandoned solves have finished.
 in_flight=
 for _ in $(seq 50); do

@@ -1,5 +1,6 @@
 // hrmclara_serve's server in-process on a free loopback port: endpoints, validation, limits,
 // batching, streaming, draining; and the tool's own errors.
+#include "serve/connection_watchdog.h"
 #include "serve/metrics.h"
 #include "serve/server.h"
 #include "test_util.h"
@@ -9,7 +10,13 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <chrono>
 #include <thread>
 
 namespace hrmclara::test {
@@ -50,6 +57,7 @@ class Running {
     return c;
   }
   serve::Server& server() { return *server_; }
+  int port() const { return port_; }
   std::thread& thread() { return thread_; }
 
  private:
@@ -365,6 +373,94 @@ TEST(Server, ConcurrentClaraQuestionsShareADecoderBatch) {
   }
   EXPECT_GT(max_batch, 1);
   EXPECT_GT(s.server().metrics().mean_batch("clara"), 1.0);
+}
+
+// A loopback TCP socket's local port.
+int local_port(int fd) {
+  sockaddr_in a{};
+  socklen_t n = sizeof a;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &n) != 0) return -1;
+  return ntohs(a.sin_port);
+}
+
+// A raw loopback connection to `port` (the caller closes it).
+int connect_to(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+TEST(ConnectionWatchdog, TellsAClientThatHungUpFromOneThatWaits) {
+  const int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(listener, 4), 0);
+  const int port = local_port(listener);
+  serve::ConnectionWatchdog watchdog;
+  watchdog.start(port, std::chrono::seconds(60));
+  const int waiting = connect_to(port), leaving = connect_to(port);
+  ASSERT_GE(waiting, 0);
+  ASSERT_GE(leaving, 0);
+  const int served_waiting = ::accept(listener, nullptr, nullptr), served_leaving = ::accept(listener, nullptr, nullptr);
+  ASSERT_GE(served_waiting, 0);
+  ASSERT_GE(served_leaving, 0);
+  const int waiting_port = local_port(waiting), leaving_port = local_port(leaving);
+  watchdog.handling(waiting_port);  // (before any scan: the descriptor is found on demand)
+  watchdog.handling(leaving_port);
+  EXPECT_FALSE(watchdog.client_gone(waiting_port));
+  EXPECT_FALSE(watchdog.client_gone(leaving_port));
+  ASSERT_EQ(::send(waiting, "GET", 3, 0), 3);  // a pipelined request: still there
+  EXPECT_FALSE(watchdog.client_gone(waiting_port));
+  ::close(leaving);
+  bool gone = false;
+  for (int i = 0; i < 200 && !gone; ++i) {
+    gone = watchdog.client_gone(leaving_port);
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(gone);
+  EXPECT_FALSE(watchdog.client_gone(waiting_port));
+  EXPECT_FALSE(watchdog.client_gone(1));  // no such connection: no evidence it left
+  watchdog.stop();
+  for (int fd : {waiting, served_waiting, served_leaving, listener}) ::close(fd);
+}
+
+TEST(Server, RequestsWhoseClientHungUpAreDroppedAs499) {
+  serve::ServerOptions o;
+  o.hrm_max_batch = 1;  // one at a time: the dropped ones would otherwise queue
+  Running s(o, sudoku_solver());
+  auto c = s.client();
+  const auto puzzle = sudoku::format(sudoku::generate(7, 50));
+  const std::string body = Json{{"puzzle", puzzle}}.dump();
+  const std::string request = "POST /v1/hrm/solve HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: " +
+                              std::to_string(body.size()) + "\r\n\r\n" + body;
+  const int n = 16;
+  const int port = s.port();
+  for (int i = 0; i < n; ++i) {
+    const int fd = connect_to(port);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL), static_cast<ssize_t>(request.size()));
+    ::close(fd);
+  }
+  // Every one is accounted for: solved before the server saw the hang-up (200), or dropped (499).
+  const auto& m = s.server().metrics();
+  for (int i = 0; i < 500 && m.requests("hrm_solve", 200) + m.requests("hrm_solve", 499) < n; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(m.requests("hrm_solve", 200) + m.requests("hrm_solve", 499), static_cast<uint64_t>(n));
+  EXPECT_GE(m.requests("hrm_solve", 499), 1u);
+  // The server still answers, exactly.
+  auto r = post(c, "/v1/hrm/solve", body);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
 }
 
 TEST(Metrics, PrometheusTextFormat) {
