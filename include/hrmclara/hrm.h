@@ -130,6 +130,11 @@ class PuzzleModelImpl : public torch::nn::Module {
   virtual std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> inner_forward(
       const torch::Tensor& z_H, const torch::Tensor& z_L, const Batch& batch) = 0;
 
+  // The Q logits (q_halt, q_continue) an inner forward from (z_H, z_L) would give, without
+  // autograd: the Q target's pass, which reads nothing else. This one runs inner_forward whole.
+  virtual std::pair<torch::Tensor, torch::Tensor> next_q(const torch::Tensor& z_H, const torch::Tensor& z_L,
+                                                         const Batch& batch);
+
   // Upstream's truncated-normal initialisation (JAX-style), q_head weight 0 / bias -5, puzzle
   // embedding 0; every reasoning module's linear layers with std 1/sqrt(fan_in).
   void reset_parameters(uint64_t seed);
@@ -167,6 +172,9 @@ class HrmModelImpl : public PuzzleModelImpl {
   explicit HrmModelImpl(HrmConfig config);
   std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> inner_forward(
       const torch::Tensor& z_H, const torch::Tensor& z_L, const Batch& batch) override;
+  // The same recurrence; the last H block computes position 0 only, and no lm_head.
+  std::pair<torch::Tensor, torch::Tensor> next_q(const torch::Tensor& z_H, const torch::Tensor& z_L,
+                                                 const Batch& batch) override;
   ReasoningModule H_level{nullptr}, L_level{nullptr};
 };
 TORCH_MODULE(HrmModel);

@@ -75,6 +75,8 @@ class AttentionImpl : public torch::nn::Module {
   AttentionImpl(int64_t hidden, int64_t heads);
   // cos/sin: RoPE tables [L, head_dim], or undefined for no rotary embedding.
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+  // The output at position 0 only, [B, 1, D]: its query over every position's keys and values.
+  torch::Tensor forward_first(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
   int64_t heads, head_dim;
   CastedLinear qkv_proj{nullptr}, o_proj{nullptr};
 };
@@ -102,6 +104,9 @@ class BlockImpl : public torch::nn::Module {
  public:
   explicit BlockImpl(const BlockOptions& options);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+  // forward(x)[:, :1] without autograd, computing no more than position 0 needs after the mixer
+  // (for a pass that reads only the Q head, at position 0).
+  torch::Tensor forward_first(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
   double eps;
   Attention self_attn{nullptr};
   SwiGLU mlp_t{nullptr};
@@ -115,6 +120,9 @@ class ReasoningModuleImpl : public torch::nn::Module {
   ReasoningModuleImpl(const BlockOptions& options, int64_t layers);
   torch::Tensor forward(const torch::Tensor& z, const torch::Tensor& injection, const torch::Tensor& cos,
                         const torch::Tensor& sin);
+  // forward(...)[:, :1] without autograd: the last block computes position 0 only.
+  torch::Tensor forward_first(const torch::Tensor& z, const torch::Tensor& injection, const torch::Tensor& cos,
+                              const torch::Tensor& sin);
   torch::nn::ModuleList layers;
 };
 TORCH_MODULE(ReasoningModule);

@@ -266,6 +266,31 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Te
   return {z_H.detach(), z_L.detach(), logits, q_halt, q_continue};
 }
 
+std::pair<torch::Tensor, torch::Tensor> HrmModelImpl::next_q(const torch::Tensor& z_H_in, const torch::Tensor& z_L_in,
+                                                             const Batch& batch) {
+  torch::NoGradGuard no_grad;
+  const auto& c = config_;
+  const auto [cos, sin] = rope_tables(z_H_in.device());
+  const auto x = input_embeddings(batch);
+  torch::Tensor z_H = z_H_in, z_L = z_L_in;
+  for (int64_t h = 0; h < c.H_cycles; ++h) {
+    for (int64_t l = 0; l < c.L_cycles; ++l) z_L = L_level(z_L, z_H + x, cos, sin);
+    if (h != c.H_cycles - 1) z_H = H_level(z_H, z_L, cos, sin);
+  }
+  // Only position 0 of the last H call feeds the Q head: its last block skips the other 81
+  // positions' output projection and MLP (about 2 % of a training step's FLOPs).
+  const auto first = H_level->forward_first(z_H, z_L, cos, sin);
+  const auto q = q_head(first.select(1, 0)).to(compute_dtype(first.scalar_type()));
+  return {q.select(-1, 0), q.select(-1, 1)};
+}
+
+std::pair<torch::Tensor, torch::Tensor> PuzzleModelImpl::next_q(const torch::Tensor& z_H, const torch::Tensor& z_L,
+                                                                const Batch& batch) {
+  torch::NoGradGuard no_grad;
+  auto [zh, zl, logits, q_halt, q_continue] = inner_forward(z_H, z_L, batch);
+  return {q_halt, q_continue};
+}
+
 Carry PuzzleModelImpl::initial_carry(const Batch& batch) const {
   const auto& c = config_;
   const int64_t B = batch.size(), L = c.seq_len + c.puzzle_emb_len();
@@ -319,7 +344,7 @@ std::pair<Carry, Outputs> PuzzleModelImpl::forward(const Carry& carry, const Bat
     // Target Q from one more pass on the new carry (no replay buffer, no target network). Upstream
     // TRM's code for this (no_ACT_continue false) fails; it gets HRM's semantics here.
     if (q_continue) {
-      auto [zh, zl, logits2, next_q_halt, next_q_continue] = inner_forward(next.z_H, next.z_L, next.current);
+      auto [next_q_halt, next_q_continue] = next_q(next.z_H, next.z_L, next.current);
       out.target_q_continue =
           torch::sigmoid(torch::where(is_last, next_q_halt, torch::maximum(next_q_halt, next_q_continue)));
     }

@@ -8,6 +8,7 @@
 #include "nn/fused_kernels.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/autograd.h>
 
 #include <algorithm>
@@ -295,6 +296,7 @@ at::Tensor scaled_softmax(const at::Tensor& scores, double scale) {
 // ---- dispatch -------------------------------------------------------------------------------------
 
 at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& r, double eps) {
+  RECORD_FUNCTION("hrmclara::add_rms_norm", std::vector<c10::IValue>());  // (seen by hrm_bench --profile)
   if (!fusable(x) || !fusable(r) || x.sizes() != r.sizes() || x.dim() == 0) return plain::add_rms_norm(x, r, eps);
   if (at::GradMode::is_enabled() && (x.requires_grad() || r.requires_grad())) return AddRmsNormFn::apply(x, r, eps);
   at::NoGradGuard no_grad;
@@ -304,6 +306,7 @@ at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& r, double eps) {
 }
 
 at::Tensor add_rms_norm_(at::Tensor out, const at::Tensor& x, const at::Tensor& r, double eps) {
+  RECORD_FUNCTION("hrmclara::add_rms_norm_", std::vector<c10::IValue>());  // (seen by hrm_bench --profile)
   if (fusable(x) && fusable(r) && fusable(out) && x.sizes() == r.sizes() && out.sizes() == x.sizes() &&
       out.is_contiguous() && x.dim() > 0) {
     add_rms_norm_into(x.contiguous(), r.contiguous(), out, nullptr, eps);
@@ -322,6 +325,7 @@ at::Tensor add_rms_norm_(at::Tensor out, const at::Tensor& x, const at::Tensor& 
 }
 
 at::Tensor swiglu(const at::Tensor& gate_up) {
+  RECORD_FUNCTION("hrmclara::swiglu", std::vector<c10::IValue>());  // (seen by hrm_bench --profile)
   if (!fusable(gate_up) || gate_up.dim() == 0 || gate_up.size(-1) % 2 != 0) return plain::swiglu(gate_up);
   if (at::GradMode::is_enabled() && gate_up.requires_grad()) return SwigluFn::apply(gate_up);
   // Without autograd the result overwrites the gate half of gate_up, as the plain form does: the
@@ -336,6 +340,7 @@ at::Tensor swiglu(const at::Tensor& gate_up) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> split_heads_rope(const at::Tensor& qkv, int64_t heads,
                                                                 const at::Tensor& cos, const at::Tensor& sin) {
+  RECORD_FUNCTION("hrmclara::split_heads_rope", std::vector<c10::IValue>());  // (seen by hrm_bench --profile)
   if (!fusable(qkv) || qkv.dim() != 3 || heads <= 0 || qkv.size(2) % (3 * heads) != 0 ||
       (qkv.size(2) / (3 * heads)) % 2 != 0 || !rope_tables_fit(cos, sin, qkv.size(1), qkv.size(2) / (3 * heads)))
     return plain::split_heads_rope(qkv, heads, cos, sin);
@@ -345,6 +350,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> split_heads_rope(const at::Tensor
 }
 
 at::Tensor scaled_softmax(const at::Tensor& scores, double scale) {
+  RECORD_FUNCTION("hrmclara::scaled_softmax", std::vector<c10::IValue>());  // (seen by hrm_bench --profile)
   // (The kernel takes the row max before dividing, which needs scale > 0.)
   if (!fusable(scores) || scores.dim() == 0 || !(scale > 0)) return plain::scaled_softmax(scores, scale);
   if (at::GradMode::is_enabled() && scores.requires_grad()) return ScaledSoftmaxFn::apply(scores, scale);

@@ -121,6 +121,22 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   return o_proj(out.transpose(1, 2).reshape({B, L, heads * head_dim}));
 }
 
+torch::Tensor AttentionImpl::forward_first(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  const int64_t B = x.size(0);
+  // Every position's keys and values; the query of position 0 alone (its row of the same qkv
+  // projection), in the same order of operations as forward().
+  auto [q, k, v] = fused::split_heads_rope(qkv_proj(x), heads, cos, sin);
+  const auto q0 = q.narrow(2, 0, 1);
+  torch::Tensor out;
+  if (g_attention_kernel == AttentionKernel::kSdpa) {
+    out = at::scaled_dot_product_attention(q0, k, v);
+  } else {
+    const auto scores = torch::matmul(q0, k.transpose(-1, -2));
+    out = torch::matmul(fused::scaled_softmax(scores, std::sqrt(static_cast<double>(head_dim))), v);
+  }
+  return o_proj(out.transpose(1, 2).reshape({B, 1, heads * head_dim}));
+}
+
 SwiGLUImpl::SwiGLUImpl(int64_t hidden, int64_t intermediate) {
   gate_up_proj = register_module("gate_up_proj", CastedLinear(hidden, 2 * intermediate, false));
   down_proj = register_module("down_proj", CastedLinear(intermediate, hidden, false));
@@ -167,6 +183,16 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& co
   return fused::add_rms_norm(h, mlp(h), eps);
 }
 
+torch::Tensor BlockImpl::forward_first(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  torch::NoGradGuard no_grad;
+  // The token MLP mixes positions in its output projection too: computed whole.
+  if (mlp_t) return forward(x, cos, sin).narrow(1, 0, 1);
+  auto attn = self_attn->forward_first(x, cos, sin);
+  auto h = fused::add_rms_norm_(attn, x.narrow(1, 0, 1), attn, eps);
+  auto m = mlp(h);
+  return fused::add_rms_norm_(m, h, m, eps);
+}
+
 ReasoningModuleImpl::ReasoningModuleImpl(const BlockOptions& o, int64_t n_layers) {
   layers = register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < n_layers; ++i) layers->push_back(Block(o));
@@ -177,6 +203,16 @@ torch::Tensor ReasoningModuleImpl::forward(const torch::Tensor& z, const torch::
   auto h = z + injection;
   for (const auto& layer : *layers) h = layer->as<BlockImpl>()->forward(h, cos, sin);
   return h;
+}
+
+torch::Tensor ReasoningModuleImpl::forward_first(const torch::Tensor& z, const torch::Tensor& injection,
+                                                 const torch::Tensor& cos, const torch::Tensor& sin) {
+  torch::NoGradGuard no_grad;
+  auto h = z + injection;
+  const size_t n = layers->size();
+  if (n == 0) return h.narrow(1, 0, 1);
+  for (size_t i = 0; i + 1 < n; ++i) h = layers[i]->as<BlockImpl>()->forward(h, cos, sin);
+  return layers[n - 1]->as<BlockImpl>()->forward_first(h, cos, sin);
 }
 
 }  // namespace hrmclara::nn

@@ -50,6 +50,16 @@ double block_forward_flops(const BlockShape& s) {
   return f;
 }
 
+// The same block's forward at position 0 only (BlockImpl::forward_first): the qkv projection of
+// every position, the attention of one query, then o_proj and the MLP on B rows.
+double block_first_forward_flops(const BlockShape& s) {
+  if (s.token_mlp_len > 0) return block_forward_flops(s);
+  const double B = static_cast<double>(s.batch), L = static_cast<double>(s.len), D = static_cast<double>(s.hidden),
+               I = static_cast<double>(s.inter), N = B * L, hd = D / static_cast<double>(s.heads);
+  return 2 * N * D * 3 * D + 2 * 2 * B * static_cast<double>(s.heads) * L * hd + 2 * B * D * D + 2 * B * D * 2 * I +
+         2 * B * I * D;
+}
+
 // A matmul's backward computes the gradients of both operands: twice its forward. Every block of
 // the gradient-carrying calls needs both (the input embeddings, and so every block's input,
 // require grad).
@@ -62,8 +72,8 @@ struct StepFlops {
 
 // One HRM ACT step (hrm/model.cpp): H_cycles x L_cycles L-level calls and H_cycles H-level calls
 // (L_layers / H_layers blocks each), lm_head on every position and q_head on the first; the last
-// L and H call carry the gradient; training with halt_max_steps > 1 runs the inner forward once
-// more (no grad) for the Q target.
+// L and H call carry the gradient; training with halt_max_steps > 1 runs the recurrence once more
+// (no grad) for the Q target, whose last block computes position 0 only, with no lm_head.
 StepFlops hrm_step_flops(const hrm::HrmConfig& c, bool train) {
   const int64_t L = c.seq_len + c.puzzle_emb_len();
   const BlockShape block{c.batch_size, L, c.hidden_size, c.num_heads, c.intermediate_size()};
@@ -75,7 +85,7 @@ StepFlops hrm_step_flops(const hrm::HrmConfig& c, bool train) {
   StepFlops f;
   f.forward = inner;
   if (!train) return f;
-  if (c.halt_max_steps > 1) f.forward += inner;
+  if (c.halt_max_steps > 1) f.forward += (blocks - 1) * per_block + block_first_forward_flops(block) + 2 * B * D * 2;
   f.backward = kBackwardFactor * (static_cast<double>(c.L_layers + c.H_layers) * per_block + heads_out);
   return f;
 }
@@ -109,39 +119,10 @@ StepFlops step_flops(const hrm::HrmConfig& c, bool train) {
 
 // ---- this machine's GEMM rate --------------------------------------------------------------------
 
-// x [M, K] times a weight [N, K] transposed, as CastedLinear runs it: GFLOP/s of the median and of
-// the fastest of 10 warm runs.
-std::pair<double, double> gemm_gflops(int64_t M, int64_t K, int64_t N, const c10::Device& device) {
-  const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device);
-  const auto x = torch::randn({M, K}, opts), w = torch::randn({N, K}, opts);
-  auto out = torch::empty({M, N}, opts);
-  std::vector<double> seconds;
-  for (int i = 0; i < 12; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    torch::mm_out(out, x, w.t());
-    if (device.is_cuda()) torch::cuda::synchronize();
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (i >= 2) seconds.push_back(s);
-  }
-  std::sort(seconds.begin(), seconds.end());
-  const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(K) * static_cast<double>(N);
-  const double median = 0.5 * (seconds[seconds.size() / 2 - 1] + seconds[seconds.size() / 2]);
-  return {flops / median / 1e9, flops / seconds.front() / 1e9};
-}
-
-// The linear layers' shapes of one block, forward: [B*L, D] x [D, 3D], [D, D] (or TRM's token MLP
+// The linear layers' shapes [M, K, N] of one block: [B*L, D] x [D, 3D], [D, D] (or TRM's token MLP
 // [B*D, L] x [L, 2T], [T, L]), then [D, 2I], [I, D].
-// The rate is FLOP-weighted over them (total FLOPs / total time): of the median runs (the one the
-// floor uses: a typical rate, as a step's many GEMMs see it) and of the fastest.
-struct GemmRate {
-  double median = 0, best = 0;
-  Json by_shape = Json::object();  // median rate per shape
-};
-
-GemmRate measured_gemm_rate(const hrm::HrmConfig& c, const c10::Device& device) {
-  torch::NoGradGuard no_grad;
+std::vector<std::array<int64_t, 3>> linear_shapes(const hrm::HrmConfig& c) {
   const int64_t L = c.seq_len + c.puzzle_emb_len(), M = c.batch_size * L, D = c.hidden_size, I = c.intermediate_size();
-  // [M, K, N]: the mixer's (attention's projections, or TRM's token MLP on [B*D, L]), then the MLP's.
   std::vector<std::array<int64_t, 3>> shapes;
   if (c.is_trm() && c.mlp_t) {
     const int64_t T = nn::swiglu_width(L, c.expansion);
@@ -151,20 +132,82 @@ GemmRate measured_gemm_rate(const hrm::HrmConfig& c, const c10::Device& device) 
   }
   shapes.push_back({M, D, 2 * I});
   shapes.push_back({M, I, D});
-  double flops = 0, median_s = 0, best_s = 0;
-  GemmRate rate;
-  for (const auto& [M, K, N] : shapes) {
-    const auto [median, best] = gemm_gflops(M, K, N, device);
-    const double f = 2.0 * static_cast<double>(M * K * N);
-    flops += f;
-    median_s += f / (median * 1e9);
-    best_s += f / (best * 1e9);
-    rate.by_shape[std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N)] = median;
-  }
-  rate.median = flops / median_s / 1e9;
-  rate.best = flops / best_s / 1e9;
-  return rate;
+  return shapes;
 }
+
+// One run of every GEMM layout a step's linear layers use, at the model's shapes: forward
+// x [M, K] W[N, K]^T (as CastedLinear runs it) and, for training, the backward's two: the input
+// gradient g [M, N] W [N, K] and the weight gradient g^T [N, M] x [M, K]. Taken after every timed
+// step, so that the floor is measured in the same moments as the step (a shared machine's speed
+// drifts by tens of percent within a minute) and each GEMM in the layout the step runs it in.
+class GemmProbe {
+ public:
+  enum Layout { kForward, kInputGrad, kWeightGrad, kLayouts };
+  GemmProbe(const hrm::HrmConfig& c, const c10::Device& device, bool train) : device_(device), train_(train) {
+    const auto opts = torch::TensorOptions().dtype(torch::kFloat).device(device);
+    for (const auto& [M, K, N] : linear_shapes(c)) {
+      Operands o;
+      o.x = torch::randn({M, K}, opts);
+      o.w = torch::randn({N, K}, opts);
+      o.g = torch::randn({M, N}, opts);
+      o.y = torch::empty({M, N}, opts);
+      o.dx = torch::empty({M, K}, opts);
+      o.dw = torch::empty({N, K}, opts);
+      o.flops = 2.0 * static_cast<double>(M) * static_cast<double>(K) * static_cast<double>(N);
+      o.name = std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N);
+      flops_ += o.flops;
+      ops_.push_back(std::move(o));
+    }
+  }
+  // Runs each GEMM once; returns, per layout, the seconds all shapes took.
+  std::array<double, kLayouts> run() {
+    std::array<double, kLayouts> seconds{};
+    for (auto& o : ops_) {
+      for (int l = 0; l < (train_ ? kLayouts : 1); ++l) {
+        const auto t0 = std::chrono::steady_clock::now();
+        if (l == kForward) torch::mm_out(o.y, o.x, o.w.t());
+        if (l == kInputGrad) torch::mm_out(o.dx, o.g, o.w);
+        if (l == kWeightGrad) torch::mm_out(o.dw, o.g.t(), o.x);
+        if (device_.is_cuda()) torch::cuda::synchronize();
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        seconds[l] += s;
+        o.rates[l].push_back(o.flops / s / 1e9);
+      }
+    }
+    return seconds;
+  }
+  void forget() {
+    for (auto& o : ops_)
+      for (auto& r : o.rates) r.clear();
+  }
+  double flops() const { return flops_; }  // of one run of one layout over the shapes
+  // Median GFLOP/s of each shape and layout over the runs so far.
+  Json by_shape() const {
+    static const char* names[] = {"", " input_grad", " weight_grad"};
+    Json out = Json::object();
+    for (const auto& o : ops_)
+      for (int l = 0; l < kLayouts; ++l)
+        if (!o.rates[l].empty()) out[o.name + names[l]] = median(o.rates[l]);
+    return out;
+  }
+  static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n == 0 ? 0.0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  }
+
+ private:
+  struct Operands {
+    torch::Tensor x, w, g, y, dx, dw;
+    double flops = 0;
+    std::string name;
+    std::array<std::vector<double>, kLayouts> rates;
+  };
+  c10::Device device_;
+  bool train_;
+  std::vector<Operands> ops_;
+  double flops_ = 0;
+};
 
 }  // namespace
 
@@ -245,21 +288,50 @@ int main(int argc, char** argv) {
     };
     const int64_t warmup = args.get_int("warmup"), steps = args.get_int("steps");
     if (steps < 1 || warmup < 0) throw UsageError("--steps must be >= 1 and --warmup >= 0");
-    for (int64_t i = 0; i < warmup; ++i) step();
+    const bool train = mode == "train";
+    const auto flops = step_flops(config, train);
+    // The floor of one step: its forward FLOPs at the forward layout's rate, its backward FLOPs
+    // half at the input-gradient and half at the weight-gradient layout's rate, each rate taken
+    // by the probe right after that step. Float32 only (the floor is a float32 goal).
+    std::unique_ptr<GemmProbe> probe;
+    if (config.dtype() == torch::kFloat) probe = std::make_unique<GemmProbe>(config, device, train);
+    auto floor_of = [&](const std::array<double, GemmProbe::kLayouts>& s) {
+      const double per_flop_fwd = s[GemmProbe::kForward] / probe->flops();
+      if (!train) return flops.forward * per_flop_fwd;
+      return flops.forward * per_flop_fwd +
+             0.5 * flops.backward * (s[GemmProbe::kInputGrad] + s[GemmProbe::kWeightGrad]) / probe->flops();
+    };
+    for (int64_t i = 0; i < warmup; ++i) {
+      step();
+      if (probe) probe->run();
+    }
     sync();
-    const auto t0 = std::chrono::steady_clock::now();
+    if (probe) {
+      probe->run();
+      probe->forget();  // warm, with no rates kept
+    }
+    std::vector<double> step_s, floor_s, ratios;
     {
       std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
       if (!args.get("profile").empty()) profile = std::make_unique<torch::autograd::profiler::RecordProfile>(args.get("profile"));
-      for (int64_t i = 0; i < steps; ++i) step();
-      sync();
+      for (int64_t i = 0; i < steps; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        step();
+        sync();
+        step_s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        if (!probe || profile) continue;
+        floor_s.push_back(floor_of(probe->run()));
+        ratios.push_back(step_s.back() / floor_s.back());
+      }
     }
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    double seconds = 0;
+    for (double s : step_s) seconds += s;
     const double peak_mb = peak_rss_mb();
     const double ms = 1000.0 * seconds / static_cast<double>(steps);
-    const auto flops = step_flops(config, mode == "train");
-    const auto gemm = config.dtype() == torch::kFloat ? measured_gemm_rate(config, device) : GemmRate{};
-    const double floor_ms = gemm.median > 0 ? flops.total() / (gemm.median * 1e6) : 0.0;
+    const double floor_ms = floor_s.empty() ? 0.0 : 1000.0 * GemmProbe::median(floor_s);
+    std::vector<double> rates;
+    for (double f : floor_s) rates.push_back(flops.total() / f / 1e9);
+    const double best_rate = rates.empty() ? 0.0 : *std::max_element(rates.begin(), rates.end());
     Json line = {{"mode", mode},
                  {"device", device.str()},
                  {"threads", threads},
@@ -272,16 +344,18 @@ int main(int argc, char** argv) {
                  {"ms_per_step", ms},
                  {"examples_per_s", static_cast<double>(batch_size) * 1000.0 / ms},
                  {"peak_rss_mb", peak_mb},
-                 // Matmul FLOPs of one step; the float32 GEMM rate measured here at the model's
-                 // linear-layer shapes (median runs; 0 for other dtypes); floor = FLOPs / rate.
+                 // Matmul FLOPs of one step; this machine's float32 GEMM rate at the model's linear
+                 // shapes in the layouts the step runs them (0 for other dtypes), measured after
+                 // every timed step; floor = the step's FLOPs at those rates; the ratio is the median
+                 // of the steps' own ratios. No floor with --profile (the probe would be profiled).
                  {"gflop_per_step", flops.total() / 1e9},
                  {"gflop_forward", flops.forward / 1e9},
                  {"gflop_backward", flops.backward / 1e9},
-                 {"gemm_gflops", gemm.median},
-                 {"gemm_gflops_best", gemm.best},
-                 {"gemm_gflops_by_shape", gemm.by_shape},
+                 {"gemm_gflops", rates.empty() ? 0.0 : GemmProbe::median(rates)},
+                 {"gemm_gflops_best", best_rate},
+                 {"gemm_gflops_by_shape", probe && !floor_s.empty() ? probe->by_shape() : Json::object()},
                  {"floor_ms", floor_ms},
-                 {"ratio_to_floor", floor_ms > 0 ? ms / floor_ms : 0.0}};
+                 {"ratio_to_floor", ratios.empty() ? 0.0 : GemmProbe::median(ratios)}};
     std::cout << line.dump() << std::endl;
     return 0;
   });

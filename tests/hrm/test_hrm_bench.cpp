@@ -33,7 +33,11 @@ TEST(HrmBench, CountsTheMatmulFlopsOfAStepAndTheFloor) {
   const double block = 129600;
   // An inner forward: 4 L calls + 2 H calls of one block, lm_head 2*10*8*5 = 800, q_head 2*2*8*2 = 64.
   const double inner = 6 * block + 864;
-  const double train = 2 * inner /* + the Q target's forward */ + 2 * (2 * block + 864) /* backward */;
+  // The Q target's pass: 5 blocks, then one at position 0 only (qkv 3840 for all rows, one query's
+  // attention 2 * 2*2*2*1*5*4 = 320, o_proj 2*2*8*8 = 256, gate_up 2*2*8*512 = 16384, down
+  // 2*2*256*8 = 8192), and q_head 64 (no lm_head).
+  const double q_pass = 5 * block + (3840 + 320 + 256 + 16384 + 8192) + 64;
+  const double train = inner + q_pass + 2 * (2 * block + 864) /* backward */;
   for (const std::string mode : {"train", "eval"}) {
     const auto r = run_command(tool("hrm_bench") + " --config " + dir / "tiny.json" + " --mode " + mode +
                                    " --steps 1 --warmup 0 --threads 1",
@@ -45,7 +49,12 @@ TEST(HrmBench, CountsTheMatmulFlopsOfAStepAndTheFloor) {
     EXPECT_NEAR((j["gflop_forward"].get<double>() + j["gflop_backward"].get<double>()) * 1e9, want, 1e-6 * want);
     const double rate = j["gemm_gflops"].get<double>();
     EXPECT_GT(rate, 0.0) << r.out;
-    EXPECT_EQ(j["gemm_gflops_by_shape"].size(), 4u) << r.out;
+    // Four shapes; training adds the backward's two layouts of each.
+    EXPECT_EQ(j["gemm_gflops_by_shape"].size(), mode == "train" ? 12u : 4u) << r.out;
+    if (mode == "train") {
+      EXPECT_TRUE(j["gemm_gflops_by_shape"].contains("10x8x24 weight_grad")) << r.out;
+    }
+    // One timed step: the floor, the rate and the ratio are that step's.
     EXPECT_NEAR(j["floor_ms"].get<double>(), want / (rate * 1e6), 1e-9 * want);
     EXPECT_NEAR(j["ratio_to_floor"].get<double>(), j["ms_per_step"].get<double>() / j["floor_ms"].get<double>(), 1e-6);
     EXPECT_TRUE(j["fused_kernels"].is_string());
@@ -78,7 +87,7 @@ TEST(HrmBench, CountsTrmStepsWithEitherMixer) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const Json j = bench_line(r.out);
     EXPECT_NEAR(j["gflop_per_step"].get<double>() * 1e9, want, 1e-6 * want) << (mlp_t ? "mlp_t " : "attention ") << r.out;
-    EXPECT_EQ(j["gemm_gflops_by_shape"].size(), 4u) << r.out;
+    EXPECT_EQ(j["gemm_gflops_by_shape"].size(), 12u) << r.out;
   }
 }
 

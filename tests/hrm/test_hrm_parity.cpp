@@ -156,6 +156,30 @@ TEST(HrmParity, EvalOutputsOfEveryActStep) { check_every_act_step("eval"); }
 
 TEST(HrmParity, TrainOutputsHaltingAndTargetQ) { check_every_act_step("train"); }
 
+// The Q target's pass computes only position 0 of the last H block: its Q logits must be those of
+// the whole inner forward (float64: the same math; float32: the GEMMs on B rows may round apart).
+TEST(HrmModel, QTargetPassEqualsTheWholeInnerForward) {
+  for (const std::string dtype : {"float64", "float32"}) {
+    auto model = load_model(dtype);
+    model->train();
+    {
+      torch::NoGradGuard no_grad;
+      torch::manual_seed(3);
+      model->q_head->weight.normal_(0.0, 0.1);  // (upstream's zero init makes Q blind to z_H)
+    }
+    const auto batch = fixture_batch();
+    auto [carry, first] = model->forward(model->initial_carry(batch), batch);  // a carry off its init
+    torch::NoGradGuard no_grad;
+    const auto [zh, zl, logits, q_halt, q_continue] = model->inner_forward(carry.z_H, carry.z_L, carry.current);
+    const auto [q_halt2, q_continue2] = model->next_q(carry.z_H, carry.z_L, carry.current);
+    const double tol = dtype == "float64" ? 1e-12 : 1e-5;
+    ASSERT_EQ(q_halt2.sizes(), q_halt.sizes());
+    EXPECT_LT(rel_error(q_halt2, q_halt), tol) << dtype;
+    EXPECT_LT(rel_error(q_continue2, q_continue), tol) << dtype;
+    EXPECT_GT((q_halt - q_halt.mean()).abs().max().item<double>(), 1e-3) << "the Q logits should vary over the batch";
+  }
+}
+
 TEST(HrmParity, Step0GradientsOfEveryParameter) {
   auto model = load_model();
   model->train();
