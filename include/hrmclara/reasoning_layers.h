@@ -79,6 +79,10 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor forward_first(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
   int64_t heads, head_dim;
   CastedLinear qkv_proj{nullptr}, o_proj{nullptr};
+
+ private:
+  // softmax(q k^T / sqrt(head_dim)) v on [B, heads, *, head_dim], with the chosen kernel.
+  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const;
 };
 TORCH_MODULE(Attention);
 

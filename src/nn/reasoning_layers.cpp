@@ -108,17 +108,16 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor
   // Rows [0, D) of qkv_proj are Q, [D, 2D) K, [2D, 3D) V, head-major within each; q, k, v come
   // back as [B, heads, L, hd] with RoPE applied to q and k in f32 (fused: one pass, contiguous).
   auto [q, k, v] = fused::split_heads_rope(qkv_proj(x), heads, cos, sin);
-  torch::Tensor out;
-  if (g_attention_kernel == AttentionKernel::kSdpa) {
-    out = at::scaled_dot_product_attention(q, k, v);
-  } else {
-    // softmax(q k^T / sqrt(d)) v with the softmax in f32: the reference's order of operations.
-    // LibTorch's CPU SDPA kernel blocks the softmax differently, which compounds to 3e-5 relative
-    // over four ACT steps; this stays under 1e-5.
-    const auto scores = torch::matmul(q, k.transpose(-1, -2));
-    out = torch::matmul(fused::scaled_softmax(scores, std::sqrt(static_cast<double>(head_dim))), v);
-  }
-  return o_proj(out.transpose(1, 2).reshape({B, L, heads * head_dim}));
+  return o_proj(attend(q, k, v).transpose(1, 2).reshape({B, L, heads * head_dim}));
+}
+
+torch::Tensor AttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const {
+  if (g_attention_kernel == AttentionKernel::kSdpa) return at::scaled_dot_product_attention(q, k, v);
+  // softmax(q k^T / sqrt(d)) v with the softmax in f32: the reference's order of operations.
+  // LibTorch's CPU SDPA kernel blocks the softmax differently, which compounds to 3e-5 relative
+  // over four ACT steps; this stays under 1e-5.
+  const auto scores = torch::matmul(q, k.transpose(-1, -2));
+  return torch::matmul(fused::scaled_softmax(scores, std::sqrt(static_cast<double>(head_dim))), v);
 }
 
 torch::Tensor AttentionImpl::forward_first(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
@@ -126,15 +125,7 @@ torch::Tensor AttentionImpl::forward_first(const torch::Tensor& x, const torch::
   // Every position's keys and values; the query of position 0 alone (its row of the same qkv
   // projection), in the same order of operations as forward().
   auto [q, k, v] = fused::split_heads_rope(qkv_proj(x), heads, cos, sin);
-  const auto q0 = q.narrow(2, 0, 1);
-  torch::Tensor out;
-  if (g_attention_kernel == AttentionKernel::kSdpa) {
-    out = at::scaled_dot_product_attention(q0, k, v);
-  } else {
-    const auto scores = torch::matmul(q0, k.transpose(-1, -2));
-    out = torch::matmul(fused::scaled_softmax(scores, std::sqrt(static_cast<double>(head_dim))), v);
-  }
-  return o_proj(out.transpose(1, 2).reshape({B, 1, heads * head_dim}));
+  return o_proj(attend(q.narrow(2, 0, 1), k, v).transpose(1, 2).reshape({B, 1, heads * head_dim}));
 }
 
 SwiGLUImpl::SwiGLUImpl(int64_t hidden, int64_t intermediate) {
