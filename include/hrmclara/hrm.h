@@ -219,6 +219,10 @@ HrmConfig checkpoint_config(const std::string& checkpoint_path, const std::strin
 // identifier count (upstream issue #2).
 void load_hrm_weights(PuzzleModelImpl& model, const std::string& checkpoint_path);
 
+// Throws NumericError "<source>: parameter|buffer '<name>' holds NaN or Inf" for the first
+// floating-point tensor of the model that does (a corrupt checkpoint, or a diverged run).
+void require_finite_weights(const PuzzleModelImpl& model, const std::string& source);
+
 // Writes the weights as upstream does (torch.save of a dict with keys "model.inner.<name>"), so
 // Python's torch.load + load_state_dict read them.
 void export_upstream_state_dict(const PuzzleModelImpl& model, const std::string& path);

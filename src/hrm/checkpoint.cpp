@@ -82,6 +82,15 @@ HrmConfig checkpoint_config(const std::string& checkpoint_path, const std::strin
   return upstream_config(checkpoint_path, dataset_json, batch_size);
 }
 
+void require_finite_weights(const PuzzleModelImpl& model, const std::string& source) {
+  for (const auto& item : model.named_parameters(true))
+    if (item.value().is_floating_point() && !torch::isfinite(item.value()).all().item<bool>())
+      throw NumericError(source + ": parameter '" + item.key() + "' holds NaN or Inf");
+  for (const auto& item : model.named_buffers(true))
+    if (item.value().is_floating_point() && !torch::isfinite(item.value()).all().item<bool>())
+      throw NumericError(source + ": buffer '" + item.key() + "' holds NaN or Inf");
+}
+
 void load_hrm_weights(PuzzleModelImpl& model, const std::string& checkpoint_path) {
   const std::string file = is_directory(checkpoint_path) ? checkpoint_path + "/model.pt" : checkpoint_path;
   auto state = strip_key_prefixes(load_tensors(file), {"model.inner."});

@@ -215,9 +215,7 @@ EvalResult evaluate_model(PuzzleModelImpl& model, const PuzzleDataset& data, int
     }
     // NaN/Inf logits would score as silently wrong predictions: name the parameter behind them.
     if (!torch::isfinite(out.logits).all().item<bool>()) {
-      for (const auto& item : model.named_parameters(true))
-        if (item.value().is_floating_point() && !torch::isfinite(item.value()).all().item<bool>())
-          throw NumericError("parameter '" + item.key() + "' holds NaN or Inf");
+      require_finite_weights(model, "evaluation");
       throw NumericError("evaluation: the logits hold NaN or Inf");
     }
     for (const auto& [name, v] : metrics_to_host(loss.metrics)) sums[name] += v;

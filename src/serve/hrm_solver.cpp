@@ -71,12 +71,7 @@ HrmSolver HrmSolver::load(const std::string& checkpoint, const HrmSolverOptions&
   hrm::load_hrm_weights(*impl->model, checkpoint);
   // A checkpoint with NaN or Inf weights would answer every request with garbage: refuse it,
   // naming the tensor.
-  for (const auto& item : impl->model->named_parameters(true))
-    if (item.value().is_floating_point() && !torch::isfinite(item.value()).all().item<bool>())
-      throw NumericError(checkpoint + ": parameter '" + item.key() + "' holds NaN or Inf");
-  for (const auto& item : impl->model->named_buffers(true))
-    if (item.value().is_floating_point() && !torch::isfinite(item.value()).all().item<bool>())
-      throw NumericError(checkpoint + ": buffer '" + item.key() + "' holds NaN or Inf");
+  hrm::require_finite_weights(*impl->model, checkpoint);
   impl->model->to(impl->device);
   if (impl->model->puzzle_emb) impl->model->puzzle_emb->sync_device();
   impl->model->eval();

@@ -70,12 +70,7 @@ hrm::Batch checked_batch(const std::map<std::string, torch::Tensor>& t, const hr
 // output (an overflow), and stop with the numeric exit code rather than write them.
 void require_finite_outputs(const torch::Tensor& logits, hrm::PuzzleModel& model, const std::string& checkpoint, int64_t step) {
   if (torch::isfinite(logits).all().item<bool>()) return;
-  for (const auto& item : model->named_parameters(true))
-    if (item.value().is_floating_point() && !torch::isfinite(item.value()).all().item<bool>())
-      throw NumericError(checkpoint + ": parameter '" + item.key() + "' holds NaN or Inf");
-  for (const auto& item : model->named_buffers(true))
-    if (item.value().is_floating_point() && !torch::isfinite(item.value()).all().item<bool>())
-      throw NumericError(checkpoint + ": buffer '" + item.key() + "' holds NaN or Inf");
+  hrm::require_finite_weights(*model, checkpoint);
   throw NumericError("ACT step " + std::to_string(step) + ": the logits hold NaN or Inf");
 }
 
