@@ -245,22 +245,32 @@ HrmModelImpl::HrmModelImpl(HrmConfig config) : PuzzleModelImpl(std::move(config)
   reset_parameters(0);
 }
 
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> HrmModelImpl::inner_forward(
-    const torch::Tensor& z_H_in, const torch::Tensor& z_L_in, const Batch& batch) {
-  const auto& c = config_;
-  const auto [cos, sin] = rope_tables(z_H_in.device());
-  const auto x = input_embeddings(batch);
-  torch::Tensor z_H = z_H_in, z_L = z_L_in;
+namespace {
+
+// HRM's recurrence up to its last H call: every L call and every H call but the last. The last L
+// call runs in the caller's grad mode (the one-step gradient), everything before it without.
+void recur_to_last_h(HrmModelImpl& m, torch::Tensor& z_H, torch::Tensor& z_L, const torch::Tensor& x,
+                     const torch::Tensor& cos, const torch::Tensor& sin) {
+  const auto& c = m.config();
   {
-    // Every step but the last L and H call runs without autograd (the one-step gradient).
     torch::NoGradGuard no_grad;
     for (int64_t h = 0; h < c.H_cycles; ++h) {
       for (int64_t l = 0; l < c.L_cycles; ++l)
-        if (!(h == c.H_cycles - 1 && l == c.L_cycles - 1)) z_L = L_level(z_L, z_H + x, cos, sin);
-      if (h != c.H_cycles - 1) z_H = H_level(z_H, z_L, cos, sin);
+        if (!(h == c.H_cycles - 1 && l == c.L_cycles - 1)) z_L = m.L_level(z_L, z_H + x, cos, sin);
+      if (h != c.H_cycles - 1) z_H = m.H_level(z_H, z_L, cos, sin);
     }
   }
-  z_L = L_level(z_L, z_H + x, cos, sin);
+  z_L = m.L_level(z_L, z_H + x, cos, sin);
+}
+
+}  // namespace
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor> HrmModelImpl::inner_forward(
+    const torch::Tensor& z_H_in, const torch::Tensor& z_L_in, const Batch& batch) {
+  const auto [cos, sin] = rope_tables(z_H_in.device());
+  const auto x = input_embeddings(batch);
+  torch::Tensor z_H = z_H_in, z_L = z_L_in;
+  recur_to_last_h(*this, z_H, z_L, x, cos, sin);
   z_H = H_level(z_H, z_L, cos, sin);
   auto [logits, q_halt, q_continue] = heads(z_H);
   return {z_H.detach(), z_L.detach(), logits, q_halt, q_continue};
@@ -269,14 +279,10 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor, torch::Tensor, torch::Te
 std::pair<torch::Tensor, torch::Tensor> HrmModelImpl::next_q(const torch::Tensor& z_H_in, const torch::Tensor& z_L_in,
                                                              const Batch& batch) {
   torch::NoGradGuard no_grad;
-  const auto& c = config_;
   const auto [cos, sin] = rope_tables(z_H_in.device());
   const auto x = input_embeddings(batch);
   torch::Tensor z_H = z_H_in, z_L = z_L_in;
-  for (int64_t h = 0; h < c.H_cycles; ++h) {
-    for (int64_t l = 0; l < c.L_cycles; ++l) z_L = L_level(z_L, z_H + x, cos, sin);
-    if (h != c.H_cycles - 1) z_H = H_level(z_H, z_L, cos, sin);
-  }
+  recur_to_last_h(*this, z_H, z_L, x, cos, sin);
   // Only position 0 of the last H call feeds the Q head: its last block skips the other 81
   // positions' output projection and MLP (about 2 % of a training step's FLOPs).
   const auto first = H_level->forward_first(z_H, z_L, cos, sin);

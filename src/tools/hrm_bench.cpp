@@ -307,8 +307,8 @@ int main(int argc, char** argv) {
     }
     sync();
     if (probe) {
-      probe->run();
-      probe->forget();  // warm, with no rates kept
+      if (warmup == 0) probe->run();  // (the warm-up steps' runs warmed it otherwise)
+      probe->forget();                // warm, with no rates kept
     }
     std::vector<double> step_s, floor_s, ratios;
     {
