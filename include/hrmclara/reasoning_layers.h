@@ -81,8 +81,9 @@ class AttentionImpl : public torch::nn::Module {
   CastedLinear qkv_proj{nullptr}, o_proj{nullptr};
 
  private:
-  // softmax(q k^T / sqrt(head_dim)) v on [B, heads, *, head_dim], with the chosen kernel.
-  torch::Tensor attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const;
+  // The heads' outputs [B, q_len, D] from the projection qkv [B, L, 3D], for the queries at
+  // positions [0, q_len): RoPE, softmax(q k^T / sqrt(head_dim)) v, with the chosen kernel.
+  torch::Tensor mix(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin, int64_t q_len) const;
 };
 TORCH_MODULE(Attention);
 

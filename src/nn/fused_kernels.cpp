@@ -13,7 +13,9 @@
 #include <cmath>
 #include <limits>
 
+#include <algorithm>
 #include <utility>
+#include <vector>
 
 #ifndef HRMCLARA_FUSED_CAP
 #error "compile with HRMCLARA_FUSED_CAP set to default, avx2 or avx512"
@@ -319,6 +321,194 @@ void scaled_softmax_backward(const float* gy, const float* y, float* gx, int64_t
   }
 }
 
+// ---- attention without autograd: RoPE, q k^T, softmax, p v in one pass per (batch row, head) -----
+
+// What the unfused chain does in four passes over memory (split into heads with RoPE, the scores
+// GEMM, the softmax, the p v GEMM, then a copy back to [B, L, D]) runs here per (batch row, head)
+// on tiles that stay in the L1/L2 caches: the rotated keys transposed (kt [hd, Lp]), the values
+// (vb [L, hdp]), and R <= 6 query rows at a time with their R score rows. Every score is a sum over
+// d in order and every output a sum over key positions in order (one FMA per term), the same for
+// any R, so a query's output does not depend on which other queries are computed with it. Measured
+// on a 2-core AVX2 machine, a no-grad attention block (qkv_proj, this, o_proj) takes 0.93x the
+// time of the same block with the op chain.
+struct AttentionScratch {
+  std::vector<float> kt, vb, q, s, row;
+};
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// s[r][j] = sum_d q[r][d] * kt[d][j] for R rows and the key columns [j0, j0 + NV * W).
+template <int R, int NV>
+inline void score_tile(const float* q, int64_t hd, const float* kt, int64_t Lp, float* s, int64_t j0) {
+  Vec acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec(0.0f);
+  for (int64_t d = 0; d < hd; ++d) {
+    Vec kv[NV];
+    for (int v = 0; v < NV; ++v) kv[v] = Vec::loadu(kt + d * Lp + j0 + v * W);
+    for (int r = 0; r < R; ++r) {
+      const Vec qd(q[r * hd + d]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(qd, kv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v].store(s + r * Lp + j0 + v * W);
+}
+
+// out[r][c] = sum_j p[r][j] * vb[j][c] for R rows and the value columns [c0, c0 + NV * W), of which
+// the first `keep` are stored.
+template <int R, int NV>
+inline void value_tile(const float* p, const float* inv, int64_t Lp, int64_t L, const float* vb, int64_t hdp, int64_t c0,
+                       float* out, int64_t out_stride, int64_t keep) {
+  Vec acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec(0.0f);
+  for (int64_t j = 0; j < L; ++j) {
+    Vec vv[NV];
+    for (int v = 0; v < NV; ++v) vv[v] = Vec::loadu(vb + j * hdp + c0 + v * W);
+    for (int r = 0; r < R; ++r) {
+      const Vec pj(p[r * Lp + j]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(pj, vv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) {
+      const int64_t c = v * W, n = std::min<int64_t>(W, keep - c);
+      const Vec o = acc[r][v] * Vec(inv[r]);
+      if (n >= W)
+        o.store(out + r * out_stride + c0 + c);
+      else if (n > 0)
+        o.store(out + r * out_stride + c0 + c, static_cast<int>(n));
+    }
+}
+
+// A vector's lanes reduced through memory: where ATen's AVX-512 shuffle trees (hmax, hsum) are
+// inlined into the attention kernel, GCC 12 warns falsely about an uninitialised operand. A NaN
+// lane may be dropped by the max; the softmax's numerators are NaN then anyway.
+inline float lanes_max(const Vec& v) {
+  float lanes[W];
+  v.store(lanes);
+  float top = lanes[0];
+  for (int64_t l = 1; l < W; ++l) top = std::max(top, lanes[l]);
+  return top;
+}
+
+inline float lanes_sum(const Vec& v) {
+  float lanes[W];
+  v.store(lanes);
+  float total = lanes[0];
+  for (int64_t l = 1; l < W; ++l) total += lanes[l];
+  return total;
+}
+
+// x[j] = exp(x[j] / scale - max(x) / scale) for j < n, in place (the softmax's numerators, as
+// scaled_softmax computes them); returns 1 / their sum, which value_tile applies to the output.
+inline float softmax_numerators(float* x, int64_t n, const Divide& divide) {
+  const float lowest = -std::numeric_limits<float>::infinity();
+  Vec mx(lowest);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) mx = at::vec::maximum(mx, Vec::loadu(x + j));
+  if (j < n) mx = at::vec::maximum(mx, load_tail(x + j, n - j, lowest));
+  const Vec m = divide(Vec(lanes_max(mx)));
+  Vec sum(0.0f);
+  for (j = 0; j + W <= n; j += W) {
+    const Vec e = (divide(Vec::loadu(x + j)) - m).exp();
+    e.store(x + j);
+    sum = sum + e;
+  }
+  if (j < n) {
+    const Vec e = (divide(load_tail(x + j, n - j, lowest)) - m).exp();
+    e.store(x + j, static_cast<int>(n - j));
+    sum = sum + e;
+  }
+  return 1.0f / lanes_sum(sum);
+}
+
+// The query rows of one block (6 fill AVX2's 16 vector registers in the tiles: 12 accumulators).
+constexpr int kQueryRows = 6;
+
+template <int R>
+void attention_rows(const AttentionArgs& a, AttentionScratch& w, const float* base, int64_t h, int64_t i0, float* out) {
+  const int64_t hd = a.hd, D = a.heads * hd, ld = 3 * D, L = a.L, Lp = round_up(L, W), hdp = round_up(hd, W);
+  for (int r = 0; r < R; ++r) {
+    const int64_t i = i0 + r;
+    const float* src = base + i * ld + h * hd;
+    if (a.cos)
+      rotate(src, a.cos + i * hd, a.sin + i * hd, w.q.data() + r * hd, hd);
+    else
+      copy(src, w.q.data() + r * hd, hd);
+  }
+  float* s = w.s.data();
+  int64_t j0 = 0;
+  for (; j0 + 2 * W <= Lp; j0 += 2 * W) score_tile<R, 2>(w.q.data(), hd, w.kt.data(), Lp, s, j0);
+  if (j0 < Lp) score_tile<R, 1>(w.q.data(), hd, w.kt.data(), Lp, s, j0);
+  const Divide divide(a.scale);
+  float inv[R];
+  for (int r = 0; r < R; ++r) inv[r] = softmax_numerators(s + r * Lp, L, divide);
+  int64_t c0 = 0;
+  for (; c0 + 2 * W <= hdp; c0 += 2 * W) value_tile<R, 2>(s, inv, Lp, L, w.vb.data(), hdp, c0, out, D, hd - c0);
+  if (c0 < hdp) value_tile<R, 1>(s, inv, Lp, L, w.vb.data(), hdp, c0, out, D, hd - c0);
+}
+
+// Asks for the q, k and v rows [j0, j1) of one (batch row, head) pair (hd floats at three places in
+// each row, rows 3D apart) to be brought to the L2 cache: the rows are too far apart for the
+// hardware prefetchers. Issued a few rows at a time while the pair before is computed.
+inline void prefetch_rows(const AttentionArgs& a, int64_t item, int64_t j0, int64_t j1) {
+  const int64_t hd = a.hd, H = a.heads, D = H * hd, ld = 3 * D;
+  const char* base = reinterpret_cast<const char*>(a.qkv + (item / H) * a.L * ld + (item % H) * hd);
+  const int64_t bytes = hd * static_cast<int64_t>(sizeof(float));
+  for (int64_t j = j0; j < j1; ++j)
+    for (int p = 0; p < 3; ++p) {
+      const char* row = base + (j * ld + p * D) * static_cast<int64_t>(sizeof(float));
+      for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(row + o, 0, 2);
+    }
+}
+
+void attention(const AttentionArgs& a, int64_t begin, int64_t end) {
+  thread_local AttentionScratch w;
+  const int64_t hd = a.hd, H = a.heads, D = H * hd, ld = 3 * D, L = a.L, Lp = round_up(L, W), hdp = round_up(hd, W);
+  w.kt.assign(static_cast<size_t>(hd * Lp), 0.0f);
+  w.vb.assign(static_cast<size_t>(L * hdp), 0.0f);
+  w.q.resize(static_cast<size_t>(kQueryRows * hd));
+  w.s.resize(static_cast<size_t>(kQueryRows * Lp));
+  w.row.resize(static_cast<size_t>(hd));
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t b = item / H, h = item % H;
+    const float* base = a.qkv + b * L * ld;
+    // Keys rotated and transposed (the padding columns stay 0), values copied to whole vectors.
+    for (int64_t j = 0; j < L; ++j) {
+      const float* k = base + j * ld + D + h * hd;
+      if (a.cos) {
+        rotate(k, a.cos + j * hd, a.sin + j * hd, w.row.data(), hd);
+        k = w.row.data();
+      }
+      for (int64_t d = 0; d < hd; ++d) w.kt[d * Lp + j] = k[d];
+      copy(base + j * ld + 2 * D + h * hd, w.vb.data() + j * hdp, hd);
+    }
+    // The next pair's rows, spread over this pair's blocks of queries.
+    const bool next = item + 1 < end;
+    const int64_t blocks = (a.Lq + kQueryRows - 1) / kQueryRows, per_block = (L + blocks - 1) / blocks;
+    auto prefetch_next = [&](int64_t block) {
+      if (next) prefetch_rows(a, item + 1, std::min(L, block * per_block), std::min(L, (block + 1) * per_block));
+    };
+    float* out = a.out + b * a.Lq * D + h * hd;
+    int64_t i = 0;
+    for (; i + kQueryRows <= a.Lq; i += kQueryRows) {
+      prefetch_next(i / kQueryRows);
+      attention_rows<kQueryRows>(a, w, base, h, i, out + i * D);
+    }
+    if (i < a.Lq) prefetch_next(i / kQueryRows);
+    switch (a.Lq - i) {
+      case 5: attention_rows<5>(a, w, base, h, i, out + i * D); break;
+      case 4: attention_rows<4>(a, w, base, h, i, out + i * D); break;
+      case 3: attention_rows<3>(a, w, base, h, i, out + i * D); break;
+      case 2: attention_rows<2>(a, w, base, h, i, out + i * D); break;
+      case 1: attention_rows<1>(a, w, base, h, i, out + i * D); break;
+      default: break;
+    }
+  }
+}
+
 // ---- AdamATan2 ----------------------------------------------------------------------------------
 
 // torch.lerp's formula: start + w (end - start) for |w| < 0.5, else end - (end - start)(1 - w).
@@ -363,6 +553,7 @@ const Kernels& HRMCLARA_PASTE(kernels_, HRMCLARA_FUSED_CAP)() {
                              rope_split_backward,
                              scaled_softmax,
                              scaled_softmax_backward,
+                             attention,
                              adam_atan2};
   return table;
 }

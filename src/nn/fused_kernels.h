@@ -37,6 +37,17 @@ struct RopeSplitBackwardArgs {
   int64_t L, heads, hd;
 };
 
+struct AttentionArgs {
+  // qkv [B, L, 3 * heads * hd] as above; cos, sin [L, hd] or null (no rotation); the queries are
+  // positions [0, Lq); out [B, Lq, heads * hd], each head's output in its own hd columns.
+  const float* qkv;
+  const float* cos;
+  const float* sin;
+  float* out;
+  int64_t L, Lq, heads, hd;
+  float scale;  // scores are divided by it (sqrt(hd))
+};
+
 struct AdamAtan2Args {
   float* param;
   const float* grad;
@@ -70,6 +81,9 @@ struct Kernels {
   // gx = y * (gy - sum(gy * y)) / scale; gx may alias gy.
   void (*scaled_softmax_backward)(const float* gy, const float* y, float* gx, int64_t n, float scale, int64_t begin,
                                   int64_t end);
+  // Work items [begin, end) of the B * heads (batch row, head) pairs: softmax(q k^T / scale) v for
+  // the queries [0, Lq), with q and k rotated as rope_split does, written into out. No gradient.
+  void (*attention)(const AttentionArgs& a, int64_t begin, int64_t end);
   // Elements [begin, end) of one parameter: AdamATan2's update (src/train/optimizers.cpp).
   void (*adam_atan2)(const AdamAtan2Args& a, int64_t begin, int64_t end);
 };

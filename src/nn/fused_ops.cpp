@@ -241,6 +241,21 @@ const char* capability() { return table().name; }
 
 // ---- the plain forms: the layers' op chains as they were ----------------------------------------
 
+namespace {
+// The attention as the layers ran it op by op: q, k, v [B, heads, L, hd] (queries narrowed to the
+// first q_len positions), softmax(q k^T / sqrt(hd)) v with the given split and softmax, back to
+// [B, q_len, heads * hd].
+template <class Split, class Softmax>
+at::Tensor attention_chain(const at::Tensor& qkv, int64_t heads, const at::Tensor& cos, const at::Tensor& sin,
+                           int64_t q_len, const Split& split, const Softmax& softmax) {
+  auto [q, k, v] = split(qkv, heads, cos, sin);
+  if (q_len != q.size(2)) q = q.narrow(2, 0, q_len);
+  const auto scores = at::matmul(q, k.transpose(-1, -2));
+  const auto o = at::matmul(softmax(scores, std::sqrt(static_cast<double>(q.size(-1)))), v);
+  return o.transpose(1, 2).reshape({qkv.size(0), q_len, qkv.size(2) / 3});
+}
+}  // namespace
+
 namespace plain {
 
 at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& r, double eps) { return rms_norm(x + r, eps); }
@@ -289,6 +304,10 @@ at::Tensor scaled_softmax(const at::Tensor& scores, double scale) {
   const auto dtype = scores.scalar_type();
   const auto scaled = at::GradMode::is_enabled() ? scores / scale : at::Tensor(scores).div_(scale);
   return at::softmax(scaled.to(compute_dtype(dtype)), -1).to(dtype);
+}
+
+at::Tensor attention(const at::Tensor& qkv, int64_t heads, const at::Tensor& cos, const at::Tensor& sin, int64_t q_len) {
+  return attention_chain(qkv, heads, cos, sin, q_len, plain::split_heads_rope, plain::scaled_softmax);
 }
 
 }  // namespace plain
@@ -363,6 +382,35 @@ at::Tensor scaled_softmax(const at::Tensor& scores, double scale) {
   auto y = at::empty(x.sizes(), x.options());
   softmax_rows(x, y, scale);
   return y;
+}
+
+at::Tensor attention(const at::Tensor& qkv, int64_t heads, const at::Tensor& cos, const at::Tensor& sin, int64_t q_len) {
+  RECORD_FUNCTION("hrmclara::attention", std::vector<c10::IValue>());  // (seen by hrm_bench --profile)
+  const bool fits = qkv.dim() == 3 && heads > 0 && qkv.size(2) % (3 * heads) == 0 &&
+                    (qkv.size(2) / (3 * heads)) % 2 == 0 && q_len >= 0 && q_len <= qkv.size(1) &&
+                    rope_tables_fit(cos, sin, qkv.size(1), qkv.size(2) / (3 * heads));
+  // With autograd the op chain runs (its fused ops save what their backward passes need).
+  if (!fusable(qkv) || !fits || (at::GradMode::is_enabled() && qkv.requires_grad()))
+    return attention_chain(qkv, heads, cos, sin, q_len, split_heads_rope, scaled_softmax);
+  at::NoGradGuard no_grad;
+  const auto in = qkv.contiguous();
+  const int64_t B = in.size(0), L = in.size(1), D = in.size(2) / 3, hd = D / heads;
+  auto out = at::empty({B, q_len, D}, in.options());
+  if (q_len == 0 || B == 0) return out;
+  const auto c = cos.defined() ? cos.contiguous() : cos, s = sin.defined() ? sin.contiguous() : sin;
+  const AttentionArgs args{in.const_data_ptr<float>(),
+                           c.defined() ? c.const_data_ptr<float>() : nullptr,
+                           s.defined() ? s.const_data_ptr<float>() : nullptr,
+                           out.data_ptr<float>(),
+                           L,
+                           q_len,
+                           heads,
+                           hd,
+                           static_cast<float>(std::sqrt(static_cast<double>(hd)))};
+  const auto& kern = table();
+  // One (batch row, head) pair is ~2 L^2 hd multiply-adds: a work item on its own.
+  at::parallel_for(0, B * heads, 1, [&](int64_t b, int64_t e) { kern.attention(args, b, e); });
+  return out;
 }
 
 bool adam_atan2_step(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,

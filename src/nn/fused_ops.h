@@ -50,6 +50,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> split_heads_rope(const at::Tensor
 // and returned in scores' dtype. Differentiable. Without grad mode it may overwrite `scores`.
 at::Tensor scaled_softmax(const at::Tensor& scores, double scale);
 
+// softmax(q k^T / sqrt(hd)) v for the queries at positions [0, q_len), with q, k, v split from
+// qkv [B, L, 3 * heads * hd] and rotated as split_heads_rope does: [B, q_len, heads * hd], each
+// head's output in its hd columns (as the output projection reads it). Differentiable in qkv (the
+// op chain of split_heads_rope, matmul, scaled_softmax, matmul runs then). Without autograd the
+// fused kernel does it all per (batch row, head) in cache-sized tiles, with no [B, heads, L, L]
+// scores tensor; its sums run in another order than the GEMMs', so it agrees with the chain to
+// rounding.
+at::Tensor attention(const at::Tensor& qkv, int64_t heads, const at::Tensor& cos, const at::Tensor& sin, int64_t q_len);
+
 // The plain forms (the references of the tests).
 namespace plain {
 at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& r, double eps);
@@ -57,6 +66,7 @@ at::Tensor swiglu(const at::Tensor& gate_up);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> split_heads_rope(const at::Tensor& qkv, int64_t heads,
                                                                 const at::Tensor& cos, const at::Tensor& sin);
 at::Tensor scaled_softmax(const at::Tensor& scores, double scale);
+at::Tensor attention(const at::Tensor& qkv, int64_t heads, const at::Tensor& cos, const at::Tensor& sin, int64_t q_len);
 }  // namespace plain
 
 // AdamATan2's update of one parameter (see optim.h) in one pass; false when it does not apply

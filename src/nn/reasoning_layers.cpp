@@ -104,28 +104,28 @@ AttentionImpl::AttentionImpl(int64_t hidden, int64_t n_heads) : heads(n_heads), 
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  const int64_t B = x.size(0), L = x.size(1);
-  // Rows [0, D) of qkv_proj are Q, [D, 2D) K, [2D, 3D) V, head-major within each; q, k, v come
-  // back as [B, heads, L, hd] with RoPE applied to q and k in f32 (fused: one pass, contiguous).
-  auto [q, k, v] = fused::split_heads_rope(qkv_proj(x), heads, cos, sin);
-  return o_proj(attend(q, k, v).transpose(1, 2).reshape({B, L, heads * head_dim}));
-}
-
-torch::Tensor AttentionImpl::attend(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) const {
-  if (g_attention_kernel == AttentionKernel::kSdpa) return at::scaled_dot_product_attention(q, k, v);
-  // softmax(q k^T / sqrt(d)) v with the softmax in f32: the reference's order of operations.
-  // LibTorch's CPU SDPA kernel blocks the softmax differently, which compounds to 3e-5 relative
-  // over four ACT steps; this stays under 1e-5.
-  const auto scores = torch::matmul(q, k.transpose(-1, -2));
-  return torch::matmul(fused::scaled_softmax(scores, std::sqrt(static_cast<double>(head_dim))), v);
+  return o_proj(mix(qkv_proj(x), cos, sin, x.size(1)));
 }
 
 torch::Tensor AttentionImpl::forward_first(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  const int64_t B = x.size(0);
   // Every position's keys and values; the query of position 0 alone (its row of the same qkv
   // projection), in the same order of operations as forward().
-  auto [q, k, v] = fused::split_heads_rope(qkv_proj(x), heads, cos, sin);
-  return o_proj(attend(q.narrow(2, 0, 1), k, v).transpose(1, 2).reshape({B, 1, heads * head_dim}));
+  return o_proj(mix(qkv_proj(x), cos, sin, 1));
+}
+
+torch::Tensor AttentionImpl::mix(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                                 int64_t q_len) const {
+  // Rows [0, D) of qkv_proj are Q, [D, 2D) K, [2D, 3D) V, head-major within each.
+  if (g_attention_kernel == AttentionKernel::kSdpa) {
+    auto [q, k, v] = fused::split_heads_rope(qkv, heads, cos, sin);
+    if (q_len != q.size(2)) q = q.narrow(2, 0, q_len);
+    return at::scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape({qkv.size(0), q_len, heads * head_dim});
+  }
+  // softmax(q k^T / sqrt(d)) v with RoPE and the softmax in f32: the reference's order of
+  // operations (fused: without autograd in one pass per batch row and head). LibTorch's CPU SDPA
+  // kernel blocks the softmax differently, which compounds to 3e-5 relative over four ACT steps;
+  // this stays under 1e-5.
+  return fused::attention(qkv, heads, cos, sin, q_len);
 }
 
 SwiGLUImpl::SwiGLUImpl(int64_t hidden, int64_t intermediate) {

@@ -18,6 +18,9 @@
 //   fault (a missing 1/n, the wrong half of gate_up, a dropped scale) is 1e-2 or more.
 // - their gradients: 1e-6 (measured 2.5e-7), but 2e-6 for the softmax's (measured 8.7e-7; see
 //   kSoftmaxGradTol).
+// - attention without autograd (one kernel for RoPE, q k^T, softmax, p v): 2e-6 (measured 8.4e-7).
+//   Its dot products and weighted sums add in their own order (not the GEMMs'), and it applies
+//   the softmax's 1 / sum to the output rather than to the probabilities.
 // - whole blocks (attention, and TRM's token mixing), fused against plain: 1e-5, forward and
 //   gradients (measured 4.8e-7): the per-op differences pass through matmuls and two norms.
 // - AdamATan2: parameters 1e-6 (measured 2.7e-8; bitwise with AVX2 kernels), see that test.
@@ -46,6 +49,9 @@ constexpr double kTol = 1e-6;
 // largest gradient element can be several ulps (measured 8.7e-7, 1.04e-6 before the fused kernel
 // took the max before dividing by the scale).
 constexpr double kSoftmaxGradTol = 2e-6;
+// The fused attention's sums (q.k over d, p v over positions) add in their own order, not the
+// GEMMs', and the softmax's 1 / sum scales the output instead of the probabilities.
+constexpr double kAttentionTol = 2e-6;
 
 // The largest error seen per op, printed at the end of the suite (the figures in the header).
 std::map<std::string, double>& measured() {
@@ -275,6 +281,64 @@ TEST(FusedOps, ScaledSoftmaxForwardAndGradients) {
       }
     }
   }
+}
+
+// ---- attention without autograd ---------------------------------------------------------------
+
+TEST(FusedOps, AttentionWithoutGradMatchesThePlainChain) {
+  torch::manual_seed(12);
+  struct Shape {
+    int64_t B, L, heads, hd;
+  };
+  for (const auto& s : {Shape{2, 5, 1, 2}, Shape{3, 7, 2, 14}, Shape{2, 82, 4, 64}, Shape{1, 9, 3, 34}, Shape{2, 33, 2, 16},
+                        Shape{1, 17, 1, 40}}) {
+    for (const bool rope : {true, false}) {
+      for (const bool contiguous : {true, false}) {
+        auto [cos, sin] = rope_tables(s.L, s.hd);
+        if (!rope) cos = sin = torch::Tensor();
+        const auto qkv = random({s.B, s.L, 3 * s.heads * s.hd}, contiguous);
+        const std::string at = "L=" + std::to_string(s.L) + " heads=" + std::to_string(s.heads) +
+                               " hd=" + std::to_string(s.hd) + (rope ? " rope" : "") + (contiguous ? "" : " strided");
+        torch::NoGradGuard no_grad;
+        const auto whole = fused::attention(qkv, s.heads, cos, sin, s.L);
+        ASSERT_EQ(whole.sizes(), torch::IntArrayRef({s.B, s.L, s.heads * s.hd})) << at;
+        EXPECT_LE(record("attention (no grad)", rel_error(whole, fused::plain::attention(qkv, s.heads, cos, sin, s.L))),
+                  kAttentionTol)
+            << at;
+        // Fewer queries (forward_first's one, and a count that leaves a partial block of rows):
+        // the same rows bit for bit, since each query's sums do not depend on its neighbours.
+        for (const int64_t q_len : {int64_t{1}, std::min<int64_t>(s.L, 6)}) {
+          const auto part = fused::attention(qkv, s.heads, cos, sin, q_len);
+          EXPECT_TRUE(part.equal(whole.narrow(1, 0, q_len))) << at << " q_len " << q_len;
+          EXPECT_LE(rel_error(part, fused::plain::attention(qkv, s.heads, cos, sin, q_len)), kAttentionTol) << at;
+        }
+        // With the fused kernels off, the dispatch is the plain chain itself.
+        FusedScope off(false);
+        EXPECT_TRUE(fused::attention(qkv, s.heads, cos, sin, s.L).equal(fused::plain::attention(qkv, s.heads, cos, sin, s.L)))
+            << at;
+      }
+    }
+  }
+}
+
+TEST(FusedOps, AttentionWithAutogradIsTheDifferentiableChain) {
+  torch::manual_seed(13);
+  auto [cos, sin] = rope_tables(9, 8);
+  const auto qkv0 = torch::randn({2, 9, 3 * 2 * 8});
+  const auto gy = torch::randn({2, 9, 16});
+  const auto qkv = qkv0.clone().requires_grad_(true);
+  const auto y = fused::attention(qkv, 2, cos, sin, 9);
+  (y * gy).sum().backward();
+  // The reference: the float64 plain chain, its gradient by autograd.
+  const auto qkv64 = qkv0.to(torch::kDouble).requires_grad_(true);
+  const auto y64 = fused::plain::attention(qkv64, 2, cos.to(torch::kDouble), sin.to(torch::kDouble), 9);
+  (y64 * gy.to(torch::kDouble)).sum().backward();
+  EXPECT_LE(rel_error(y.detach(), y64.detach().to(torch::kFloat)), 1e-5);
+  EXPECT_LE(rel_error(qkv.grad(), qkv64.grad().to(torch::kFloat)), 1e-5);
+  // float64 runs the plain chain, bit for bit.
+  torch::NoGradGuard no_grad;
+  const auto c64 = cos.to(torch::kDouble), s64 = sin.to(torch::kDouble), x64 = qkv0.to(torch::kDouble);
+  EXPECT_TRUE(fused::attention(x64, 2, c64, s64, 9).equal(fused::plain::attention(x64, 2, c64, s64, 9)));
 }
 
 // ---- float64: the plain chains, checked by finite differences -----------------------------------
