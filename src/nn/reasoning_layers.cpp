@@ -154,9 +154,11 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& co
     // In place on the fresh sublayer outputs (a + x is x + a bit for bit).
     torch::Tensor h;
     if (mlp_t) {
-      const auto xt = x.transpose(1, 2);
-      auto mixed = mlp_t(xt);  // a fresh [B, D, L] tensor; xt is a strided view of x
-      h = fused::add_rms_norm_(mixed, xt, mixed, eps).transpose(1, 2);
+      // x^T and h copied once each: the linear layers and the norm would each copy the strided
+      // views otherwise.
+      const auto xt = x.transpose(1, 2).contiguous();
+      auto mixed = mlp_t(xt);  // a fresh [B, D, L] tensor
+      h = fused::add_rms_norm_(mixed, xt, mixed, eps).transpose(1, 2).contiguous();
     } else {
       auto attn = self_attn(x, cos, sin);
       h = fused::add_rms_norm_(attn, x, attn, eps);
@@ -166,8 +168,8 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& co
   }
   torch::Tensor h;
   if (mlp_t) {
-    const auto xt = x.transpose(1, 2);
-    h = fused::add_rms_norm(xt, mlp_t(xt), eps).transpose(1, 2);
+    const auto xt = x.transpose(1, 2).contiguous();
+    h = fused::add_rms_norm(xt, mlp_t(xt), eps).transpose(1, 2).contiguous();
   } else {
     h = fused::add_rms_norm(x, self_attn(x, cos, sin), eps);
   }

@@ -14,8 +14,10 @@
 //   The element-wise parts round as the chains do, but the row reductions (RMSNorm's sum of
 //   squares, the softmax's sum, the backward passes' dot products) add in another order than
 //   ATen's reductions, and the plain chains' vector kernels leave their last few elements to
-//   scalar std::exp where the fused ones use the vector exp (both within 1 ulp of exp). A real
-//   fault (a missing 1/n, the wrong half of gate_up, a dropped scale) is 1e-2 or more.
+//   scalar std::exp where the fused ones use the vector exp (both within 1 ulp of exp). SwiGLU's
+//   sigmoid uses the kernels' own exp (about 1 ulp; measured 1.1e-8 on the activation, and
+//   SwigluAtTheEdgesOfExpsRange checks it element by element where exp over- and underflows). A
+//   real fault (a missing 1/n, the wrong half of gate_up, a dropped scale) is 1e-2 or more.
 // - their gradients: 1e-6 (measured 2.5e-7), but 2e-6 for the softmax's (measured 8.7e-7; see
 //   kSoftmaxGradTol).
 // - attention without autograd (one kernel for RoPE, q k^T, softmax, p v): 2e-6 (measured 8.4e-7).
@@ -31,6 +33,7 @@
 
 #include <cstdlib>
 #include <functional>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -172,6 +175,45 @@ TEST(FusedOps, SwigluForwardAndGradients) {
       EXPECT_LE(record("swiglu backward", rel_error(f[1], p[1])), kTol) << at;
       // The gate is the first half: its gradient's second half is silu(gate) * gout.
       EXPECT_LE(rel_error(f[1].narrow(-1, inter, inter), torch::silu(gu0.narrow(-1, 0, inter)) * go), kTol) << at;
+    }
+  }
+}
+
+TEST(FusedOps, SwigluAtTheEdgesOfExpsRange) {
+  // The fused sigmoid's exp (fused_kernels.cpp: exp_fast) against ATen's around its over- and
+  // underflow thresholds (e^88.72, e^-87.3), far beyond them, at the infinities and NaN: the same
+  // values to a few ulps, element by element, the same infinities and the same NaNs.
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> gates = {-1000.0f, -104.0f, -100.0f, -89.0f, -88.8f, -88.72f, -88.5f, -88.0f, -87.4f, -87.3f,
+                                    -87.0f,   -60.0f,  -20.0f,  -3.0f,  -1.278f, -1e-3f, -0.0f,   0.0f,   1e-30f,  2.5f,
+                                    20.0f,    60.0f,   87.0f,   87.3f,  87.4f,   88.0f,  88.72f,  88.8f,  89.0f,   104.0f,
+                                    1000.0f,  inf,     -inf,    nan};
+  const int64_t n = static_cast<int64_t>(gates.size());
+  const auto gate = torch::tensor(gates);
+  // Every gate with three ups (and in rows long enough for the vector loops and their tails).
+  const auto up = torch::tensor(std::vector<float>{1.0f, -0.75f, 3.0f}).repeat({n});
+  const auto gu0 = torch::cat({gate.repeat_interleave(3), up}).view({1, 2 * 3 * n});
+  const auto go = torch::linspace(-2, 2, 3 * n).view({1, 3 * n});
+  auto run = [&](bool fused_on) {
+    FusedScope scope(fused_on);
+    const auto gu = gu0.clone().requires_grad_(true);
+    const auto y = fused::swiglu(gu);
+    y.backward(go);
+    return std::vector<torch::Tensor>{y.detach(), gu.grad()};
+  };
+  const auto f = run(true), p = run(false);
+  for (int i = 0; i < 2; ++i) {
+    const std::string what = i == 0 ? "forward" : "backward";
+    EXPECT_TRUE(torch::isnan(f[i]).equal(torch::isnan(p[i]))) << what << ": NaN in the same places";
+    EXPECT_TRUE(torch::isinf(f[i]).equal(torch::isinf(p[i]))) << what << ": infinities in the same places";
+    const auto finite = torch::isfinite(p[i]);
+    const auto fv = f[i].masked_select(finite).to(torch::kDouble), pv = p[i].masked_select(finite).to(torch::kDouble);
+    if (i == 0) {
+      // silu(g) * up: relative to each element (exp's ulp, the division's and the product's).
+      EXPECT_LE(((fv - pv).abs() / pv.abs().clamp_min(1e-30)).max().item<double>(), 5e-7) << what;
+    } else {
+      // The gradient's 1 + g (1 - sig) cancels near g = -1.278: relative to the largest element.
+      EXPECT_LE(rel_error(fv, pv), kTol) << what;
     }
   }
 }
