@@ -367,40 +367,38 @@ struct AttentionScratch {
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// acc[r][v] = sum_k a[r * lda + k] * b[k * ldb + v * W] (lanes of W) for R rows: the one
+// micro-kernel of both products, with the terms added in the order of k.
+template <int R, int NV>
+inline void tile_products(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, Vec (&acc)[R][NV]) {
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = Vec(0.0f);
+  for (int64_t k = 0; k < K; ++k) {
+    Vec bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = Vec::loadu(b + k * ldb + v * W);
+    for (int r = 0; r < R; ++r) {
+      const Vec ak(a[r * lda + k]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(ak, bv[v], acc[r][v]);
+    }
+  }
+}
+
 // s[r][j] = sum_d q[r][d] * kt[d][j] for R rows and the key columns [j0, j0 + NV * W).
 template <int R, int NV>
 inline void score_tile(const float* q, int64_t hd, const float* kt, int64_t Lp, float* s, int64_t j0) {
   Vec acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = Vec(0.0f);
-  for (int64_t d = 0; d < hd; ++d) {
-    Vec kv[NV];
-    for (int v = 0; v < NV; ++v) kv[v] = Vec::loadu(kt + d * Lp + j0 + v * W);
-    for (int r = 0; r < R; ++r) {
-      const Vec qd(q[r * hd + d]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(qd, kv[v], acc[r][v]);
-    }
-  }
+  tile_products<R, NV>(q, hd, kt + j0, Lp, hd, acc);
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v].store(s + r * Lp + j0 + v * W);
 }
 
-// out[r][c] = sum_j p[r][j] * vb[j][c] for R rows and the value columns [c0, c0 + NV * W), of which
-// the first `keep` are stored.
+// out[r][c] = inv[r] * sum_j p[r][j] * vb[j][c] for R rows and the value columns [c0, c0 + NV * W),
+// of which the first `keep` are stored.
 template <int R, int NV>
 inline void value_tile(const float* p, const float* inv, int64_t Lp, int64_t L, const float* vb, int64_t hdp, int64_t c0,
                        float* out, int64_t out_stride, int64_t keep) {
   Vec acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = Vec(0.0f);
-  for (int64_t j = 0; j < L; ++j) {
-    Vec vv[NV];
-    for (int v = 0; v < NV; ++v) vv[v] = Vec::loadu(vb + j * hdp + c0 + v * W);
-    for (int r = 0; r < R; ++r) {
-      const Vec pj(p[r * Lp + j]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(pj, vv[v], acc[r][v]);
-    }
-  }
+  tile_products<R, NV>(p, Lp, vb + c0, hdp, L, acc);
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) {
       const int64_t c = v * W, n = std::min<int64_t>(W, keep - c);

@@ -155,6 +155,15 @@ TEST(FusedOps, AddRmsNormInPlaceWritesTheBufferAndMatches) {
 
 // ---- SwiGLU ------------------------------------------------------------------------------------------
 
+// swiglu(gu0) and the gradient of <swiglu(gu0), go> with respect to gu0, fused or plain.
+std::vector<torch::Tensor> swiglu_and_gradient(const torch::Tensor& gu0, const torch::Tensor& go, bool fused_on) {
+  FusedScope scope(fused_on);
+  const auto gu = gu0.clone().requires_grad_(true);
+  const auto y = fused::swiglu(gu);
+  y.backward(go);
+  return {y.detach(), gu.grad()};
+}
+
 TEST(FusedOps, SwigluForwardAndGradients) {
   torch::manual_seed(3);
   for (const int64_t inter : kLengths) {
@@ -162,14 +171,7 @@ TEST(FusedOps, SwigluForwardAndGradients) {
       // Large enough values that exp over- and underflows in both halves of the range.
       const auto gu0 = random({2, 7, 2 * inter}, contiguous) * 8.0;
       const auto go = torch::randn({2, 7, inter});
-      auto run = [&](bool fused_on) {
-        FusedScope scope(fused_on);
-        const auto gu = gu0.clone().requires_grad_(true);
-        const auto y = fused::swiglu(gu);
-        y.backward(go);
-        return std::vector<torch::Tensor>{y.detach(), gu.grad()};
-      };
-      const auto f = run(true), p = run(false);
+      const auto f = swiglu_and_gradient(gu0, go, true), p = swiglu_and_gradient(gu0, go, false);
       const std::string at = "I=" + std::to_string(inter) + (contiguous ? "" : " strided");
       EXPECT_LE(record("swiglu forward", rel_error(f[0], p[0])), kTol) << at;
       EXPECT_LE(record("swiglu backward", rel_error(f[1], p[1])), kTol) << at;
@@ -194,14 +196,7 @@ TEST(FusedOps, SwigluAtTheEdgesOfExpsRange) {
   const auto up = torch::tensor(std::vector<float>{1.0f, -0.75f, 3.0f}).repeat({n});
   const auto gu0 = torch::cat({gate.repeat_interleave(3), up}).view({1, 2 * 3 * n});
   const auto go = torch::linspace(-2, 2, 3 * n).view({1, 3 * n});
-  auto run = [&](bool fused_on) {
-    FusedScope scope(fused_on);
-    const auto gu = gu0.clone().requires_grad_(true);
-    const auto y = fused::swiglu(gu);
-    y.backward(go);
-    return std::vector<torch::Tensor>{y.detach(), gu.grad()};
-  };
-  const auto f = run(true), p = run(false);
+  const auto f = swiglu_and_gradient(gu0, go, true), p = swiglu_and_gradient(gu0, go, false);
   for (int i = 0; i < 2; ++i) {
     const std::string what = i == 0 ? "forward" : "backward";
     EXPECT_TRUE(torch::isnan(f[i]).equal(torch::isnan(p[i]))) << what << ": NaN in the same places";
