@@ -430,7 +430,8 @@ inline float lanes_sum(const Vec& v) {
 }
 
 // x[j] = exp(x[j] / scale - max(x) / scale) for j < n, in place (the softmax's numerators, as
-// scaled_softmax computes them); returns 1 / their sum, which value_tile applies to the output.
+// scaled_softmax computes them but with exp_fast); returns 1 / their sum, which value_tile applies
+// to the output.
 inline float softmax_numerators(float* x, int64_t n, const Divide& divide) {
   const float lowest = -std::numeric_limits<float>::infinity();
   Vec mx(lowest);
@@ -440,12 +441,12 @@ inline float softmax_numerators(float* x, int64_t n, const Divide& divide) {
   const Vec m = divide(Vec(lanes_max(mx)));
   Vec sum(0.0f);
   for (j = 0; j + W <= n; j += W) {
-    const Vec e = (divide(Vec::loadu(x + j)) - m).exp();
+    const Vec e = exp_fast(divide(Vec::loadu(x + j)) - m);
     e.store(x + j);
     sum = sum + e;
   }
   if (j < n) {
-    const Vec e = (divide(load_tail(x + j, n - j, lowest)) - m).exp();
+    const Vec e = exp_fast(divide(load_tail(x + j, n - j, lowest)) - m);
     e.store(x + j, static_cast<int>(n - j));
     sum = sum + e;
   }
