@@ -1,7 +1,8 @@
 // The float32 loops of nn/fused_ops.h; see fused_kernels.h. Compiled once per CPU capability with
 // CPU_CAPABILITY set (src/CMakeLists.txt), so Vectorized<float> is 16 lanes of AVX-512, 8 of AVX2,
 // or ATen's portable scalar version, and exp/atan2 are the same (Sleef) routines ATen's own kernels
-// of that capability use (except SwiGLU's sigmoid, which takes exp_fast below). Contraction of a * b + c into one FMA is switched off for this file
+// of that capability use (except SwiGLU's sigmoid and the fused attention's softmax, which take
+// exp_fast below). Contraction of a * b + c into one FMA is switched off for this file
 // (-ffp-contract=off): the element-wise formulas below then round exactly as the plain ATen op
 // chains they replace, which makes most of them bitwise equal to those chains; explicit fmadd is
 // used only inside the reductions, whose summation order differs from ATen's anyway.
@@ -108,8 +109,9 @@ void rms_norm_backward(const float* gy, const float* y, const float* rstd, float
 
 // ---- SwiGLU activation ------------------------------------------------------------------------
 
-// e^x for SwiGLU's sigmoid, about 3x cheaper than ATen's Sleef expf (exp_u10), whose cost made the
-// activation and its gradient the largest element-wise items of a TRM step. x = n ln2 + r with
+// e^x for SwiGLU's sigmoid and the fused attention's softmax, about 3x cheaper than ATen's Sleef
+// expf (exp_u10), whose cost made SwiGLU and its gradient the largest element-wise items of a TRM
+// step. x = n ln2 + r with
 // |r| <= ln2 / 2 (Cody-Waite: ln2's high part has 9 significant bits, so n * kLn2Hi is exact);
 // e^r = 1 + r + r^2 P(r), P of degree 4 fitted for this file to the relative error of e^r
 // (Lawson-weighted least squares on Chebyshev nodes: 3.1e-9 before rounding, ~1.1 ulp evaluated in
@@ -120,7 +122,8 @@ inline Vec exp_fast(const Vec& x) {
   const Vec lo(-87.3f), hi(88.72f);
   const Vec xc = Vec::blendv(Vec::blendv(x, lo, x < lo), hi, x > hi);
   const Vec n = (xc * Vec(1.44269504088896341f)).round();
-  const Vec r = at::vec::fmadd(n, Vec(2.12194440e-4f), at::vec::fmadd(n, Vec(-0.693359375f), xc));  // ln2 = 0.693359375 - 2.12194440e-4
+  // r = x - n ln2, with ln2 = 0.693359375 - 2.12194440e-4.
+  const Vec r = at::vec::fmadd(n, Vec(2.12194440e-4f), at::vec::fmadd(n, Vec(-0.693359375f), xc));
   Vec p(0.0013814610429108143f);
   p = at::vec::fmadd(p, r, Vec(0.008368710055947304f));
   p = at::vec::fmadd(p, r, Vec(0.04166838899254799f));
@@ -359,7 +362,7 @@ void scaled_softmax_backward(const float* gy, const float* y, float* gx, int64_t
 // (vb [L, hdp]), and R <= 6 query rows at a time with their R score rows. Every score is a sum over
 // d in order and every output a sum over key positions in order (one FMA per term), the same for
 // any R, so a query's output does not depend on which other queries are computed with it. Measured
-// on a 2-core AVX2 machine, a no-grad attention block (qkv_proj, this, o_proj) takes 0.93x the
+// on a 2-core AVX2 machine, a no-grad attention block (qkv_proj, this, o_proj) takes 0.92x the
 // time of the same block with the op chain.
 struct AttentionScratch {
   std::vector<float> kt, vb, q, s, row;
