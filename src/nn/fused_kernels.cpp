@@ -116,11 +116,12 @@ void rms_norm_backward(const float* gy, const float* y, const float* rstd, float
 // e^r = 1 + r + r^2 P(r), P of degree 4 fitted for this file to the relative error of e^r
 // (Lawson-weighted least squares on Chebyshev nodes: 3.1e-9 before rounding, ~1.1 ulp evaluated in
 // float32); 2^n multiplied in as two powers of two built in the exponent bits (each stays normal).
-// Below e^-87.3 (under FLT_MIN) it returns 0 where Sleef returns subnormals; above e^88.72, inf;
-// NaN stays NaN.
+// x is clamped to [-104, 89] first: there 2^n runs from 2^-150 to 2^128, so the products underflow
+// to subnormals and 0 (below e^-103.97) and overflow to inf (above e^88.72) as the true values
+// do, without compare-and-select fix-ups. NaN stays NaN.
 inline Vec exp_fast(const Vec& x) {
-  const Vec lo(-87.3f), hi(88.72f);
-  const Vec xc = Vec::blendv(Vec::blendv(x, lo, x < lo), hi, x > hi);
+  // (clamp may turn NaN into a bound; the blend at the end gives NaN back, and n stays finite.)
+  const Vec xc = at::vec::clamp(x, Vec(-104.0f), Vec(89.0f));
   const Vec n = (xc * Vec(1.44269504088896341f)).round();
   // r = x - n ln2, with ln2 = 0.693359375 - 2.12194440e-4.
   const Vec r = at::vec::fmadd(n, Vec(2.12194440e-4f), at::vec::fmadd(n, Vec(-0.693359375f), xc));
@@ -130,15 +131,11 @@ inline Vec exp_fast(const Vec& x) {
   p = at::vec::fmadd(p, r, Vec(0.1666652113199234f));
   p = at::vec::fmadd(p, r, Vec(0.4999999403953552f));
   const Vec er = at::vec::fmadd(r * r, p, r) + Vec(1.0f);
+  // 2^n = 2^na 2^nb with na = floor(n / 2) (an arithmetic shift), nb = n - na.
   using IVec = at::vec::Vectorized<int32_t>;
-  const Vec na = (n * Vec(0.5f)).floor(), nb = n - na;
-  auto pow2 = [](const Vec& k) {
-    return at::vec::cast<float>((at::vec::convert_to_int_of_same_size(k) + IVec(127)) << IVec(23));
-  };
-  Vec e = (er * pow2(na)) * pow2(nb);
-  e = Vec::blendv(e, Vec(0.0f), x < lo);
-  e = Vec::blendv(e, Vec(std::numeric_limits<float>::infinity()), x > hi);
-  return Vec::blendv(e, x, x.isnan());
+  const IVec ni = at::vec::convert_to_int_of_same_size(n), na = ni >> IVec(1), nb = ni - na;
+  auto pow2 = [](const IVec& k) { return at::vec::cast<float>((k + IVec(127)) << IVec(23)); };
+  return Vec::blendv((er * pow2(na)) * pow2(nb), x, x.isnan());
 }
 
 // silu(g) in ATen's form, g / (1 + exp(-g)), with exp_fast.
@@ -459,8 +456,55 @@ inline float softmax_numerators(float* x, int64_t n, const Divide& divide) {
 // The query rows of one block (6 fill AVX2's 16 vector registers in the tiles: 12 accumulators).
 constexpr int kQueryRows = 6;
 
+// Keys are transposed kKeyRows at a time: dst[d * ld_dst + r] = src[r * hd + d] for r < 8, d < hd.
+constexpr int64_t kKeyRows = 8;
+
+inline void transpose_rows(const float* src, int64_t hd, float* dst, int64_t ld_dst) {
+  int64_t d = 0;
+#if defined(CPU_CAPABILITY_AVX2)
+  for (; d + kKeyRows <= hd; d += kKeyRows) at::vec::transpose_mxn<float, 8, 8>(src + d, hd, dst + d * ld_dst, ld_dst);
+#elif defined(CPU_CAPABILITY_AVX512)
+  for (; d + kKeyRows <= hd; d += kKeyRows) at::vec::transpose_mxn<float>(src + d, hd, dst + d * ld_dst, ld_dst, 8, 8);
+#endif
+  for (; d < hd; ++d)
+    for (int64_t r = 0; r < kKeyRows; ++r) dst[d * ld_dst + r] = src[r * hd + d];
+}
+
+// Asks for the q, k and v rows [j0, j1) of one (batch row, head) pair (hd floats at three places in
+// each row, rows 3D apart) to be brought to the L2 cache: the rows are too far apart for the
+// hardware prefetchers. (Always inlined: GCC's interprocedural analysis takes a function that only
+// prefetches for one without effects and drops the calls to it, prefetches and all.)
+__attribute__((always_inline)) inline void prefetch_rows(const AttentionArgs& a, int64_t item, int64_t j0, int64_t j1) {
+  const int64_t hd = a.hd, H = a.heads, D = H * hd, ld = 3 * D;
+  const char* base = reinterpret_cast<const char*>(a.qkv + (item / H) * a.L * ld + (item % H) * hd);
+  const int64_t bytes = hd * static_cast<int64_t>(sizeof(float));
+  for (int64_t j = j0; j < j1; ++j)
+    for (int p = 0; p < 3; ++p) {
+      const char* row = base + (j * ld + p * D) * static_cast<int64_t>(sizeof(float));
+      for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(row + o, 0, 2);
+    }
+}
+
+// The next pair's rows [j, end), asked for one row at a time between the tiles of this pair's
+// blocks: a whole block's rows asked at once overrun the outstanding-miss buffers, and the
+// prefetches past them are dropped.
+struct NextRows {
+  const AttentionArgs* a = nullptr;
+  int64_t item = 0, j = 0, end = 0;
+  void one() {
+    if (j < end) {
+      prefetch_rows(*a, item, j, j + 1);
+      ++j;
+    }
+  }
+  void rest() {
+    while (j < end) one();
+  }
+};
+
 template <int R>
-void attention_rows(const AttentionArgs& a, AttentionScratch& w, const float* base, int64_t h, int64_t i0, float* out) {
+void attention_rows(const AttentionArgs& a, AttentionScratch& w, const float* base, int64_t h, int64_t i0, float* out,
+                    NextRows& next) {
   const int64_t hd = a.hd, D = a.heads * hd, ld = 3 * D, L = a.L, Lp = round_up(L, W), hdp = round_up(hd, W);
   for (int r = 0; r < R; ++r) {
     const int64_t i = i0 + r;
@@ -472,28 +516,24 @@ void attention_rows(const AttentionArgs& a, AttentionScratch& w, const float* ba
   }
   float* s = w.s.data();
   int64_t j0 = 0;
-  for (; j0 + 2 * W <= Lp; j0 += 2 * W) score_tile<R, 2>(w.q.data(), hd, w.kt.data(), Lp, s, j0);
+  for (; j0 + 2 * W <= Lp; j0 += 2 * W) {
+    score_tile<R, 2>(w.q.data(), hd, w.kt.data(), Lp, s, j0);
+    next.one();
+  }
   if (j0 < Lp) score_tile<R, 1>(w.q.data(), hd, w.kt.data(), Lp, s, j0);
+  // The padding columns' scores become -inf, so the softmax runs on whole vectors and gives them 0.
+  const float lowest = -std::numeric_limits<float>::infinity();
+  for (int r = 0; r < R; ++r) std::fill(s + r * Lp + L, s + (r + 1) * Lp, lowest);
   const Divide divide(a.scale);
   float inv[R];
-  for (int r = 0; r < R; ++r) inv[r] = softmax_numerators(s + r * Lp, L, divide);
+  for (int r = 0; r < R; ++r) inv[r] = softmax_numerators(s + r * Lp, Lp, divide);
   int64_t c0 = 0;
-  for (; c0 + 2 * W <= hdp; c0 += 2 * W) value_tile<R, 2>(s, inv, Lp, L, w.vb.data(), hdp, c0, out, D, hd - c0);
+  for (; c0 + 2 * W <= hdp; c0 += 2 * W) {
+    value_tile<R, 2>(s, inv, Lp, L, w.vb.data(), hdp, c0, out, D, hd - c0);
+    next.one();
+  }
   if (c0 < hdp) value_tile<R, 1>(s, inv, Lp, L, w.vb.data(), hdp, c0, out, D, hd - c0);
-}
-
-// Asks for the q, k and v rows [j0, j1) of one (batch row, head) pair (hd floats at three places in
-// each row, rows 3D apart) to be brought to the L2 cache: the rows are too far apart for the
-// hardware prefetchers. Issued a few rows at a time while the pair before is computed.
-inline void prefetch_rows(const AttentionArgs& a, int64_t item, int64_t j0, int64_t j1) {
-  const int64_t hd = a.hd, H = a.heads, D = H * hd, ld = 3 * D;
-  const char* base = reinterpret_cast<const char*>(a.qkv + (item / H) * a.L * ld + (item % H) * hd);
-  const int64_t bytes = hd * static_cast<int64_t>(sizeof(float));
-  for (int64_t j = j0; j < j1; ++j)
-    for (int p = 0; p < 3; ++p) {
-      const char* row = base + (j * ld + p * D) * static_cast<int64_t>(sizeof(float));
-      for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(row + o, 0, 2);
-    }
+  next.rest();
 }
 
 void attention(const AttentionArgs& a, int64_t begin, int64_t end) {
@@ -503,40 +543,50 @@ void attention(const AttentionArgs& a, int64_t begin, int64_t end) {
   w.vb.assign(static_cast<size_t>(L * hdp), 0.0f);
   w.q.resize(static_cast<size_t>(kQueryRows * hd));
   w.s.resize(static_cast<size_t>(kQueryRows * Lp));
-  w.row.resize(static_cast<size_t>(hd));
+  w.row.resize(static_cast<size_t>(kKeyRows * hd));
   for (int64_t item = begin; item < end; ++item) {
     const int64_t b = item / H, h = item % H;
     const float* base = a.qkv + b * L * ld;
-    // Keys rotated and transposed (the padding columns stay 0), values copied to whole vectors.
-    for (int64_t j = 0; j < L; ++j) {
-      const float* k = base + j * ld + D + h * hd;
-      if (a.cos) {
-        rotate(k, a.cos + j * hd, a.sin + j * hd, w.row.data(), hd);
-        k = w.row.data();
+    // Keys rotated 8 rows at a time and transposed in 8x8 blocks (rows past L are zeros, so the
+    // padding columns of kt stay 0), values copied to whole vectors.
+    for (int64_t j0 = 0; j0 < L; j0 += kKeyRows) {
+      for (int64_t r = 0; r < kKeyRows; ++r) {
+        float* row = w.row.data() + r * hd;
+        const int64_t j = j0 + r;
+        if (j >= L) {
+          zero(row, hd);
+          continue;
+        }
+        const float* k = base + j * ld + D + h * hd;
+        if (a.cos)
+          rotate(k, a.cos + j * hd, a.sin + j * hd, row, hd);
+        else
+          copy(k, row, hd);
+        copy(base + j * ld + 2 * D + h * hd, w.vb.data() + j * hdp, hd);
       }
-      for (int64_t d = 0; d < hd; ++d) w.kt[d * Lp + j] = k[d];
-      copy(base + j * ld + 2 * D + h * hd, w.vb.data() + j * hdp, hd);
+      transpose_rows(w.row.data(), hd, w.kt.data() + j0, Lp);
     }
     // The next pair's rows, spread over this pair's blocks of queries.
-    const bool next = item + 1 < end;
     const int64_t blocks = (a.Lq + kQueryRows - 1) / kQueryRows, per_block = (L + blocks - 1) / blocks;
-    auto prefetch_next = [&](int64_t block) {
-      if (next) prefetch_rows(a, item + 1, std::min(L, block * per_block), std::min(L, (block + 1) * per_block));
+    auto next_rows = [&](int64_t block) {
+      NextRows next;
+      if (item + 1 < end) next = NextRows{&a, item + 1, std::min(L, block * per_block), std::min(L, (block + 1) * per_block)};
+      return next;
     };
     float* out = a.out + b * a.Lq * D + h * hd;
     int64_t i = 0;
     for (; i + kQueryRows <= a.Lq; i += kQueryRows) {
-      prefetch_next(i / kQueryRows);
-      attention_rows<kQueryRows>(a, w, base, h, i, out + i * D);
+      NextRows next = next_rows(i / kQueryRows);
+      attention_rows<kQueryRows>(a, w, base, h, i, out + i * D, next);
     }
-    if (i < a.Lq) prefetch_next(i / kQueryRows);
+    NextRows next = next_rows(i / kQueryRows);
     switch (a.Lq - i) {
-      case 5: attention_rows<5>(a, w, base, h, i, out + i * D); break;
-      case 4: attention_rows<4>(a, w, base, h, i, out + i * D); break;
-      case 3: attention_rows<3>(a, w, base, h, i, out + i * D); break;
-      case 2: attention_rows<2>(a, w, base, h, i, out + i * D); break;
-      case 1: attention_rows<1>(a, w, base, h, i, out + i * D); break;
-      default: break;
+      case 5: attention_rows<5>(a, w, base, h, i, out + i * D, next); break;
+      case 4: attention_rows<4>(a, w, base, h, i, out + i * D, next); break;
+      case 3: attention_rows<3>(a, w, base, h, i, out + i * D, next); break;
+      case 2: attention_rows<2>(a, w, base, h, i, out + i * D, next); break;
+      case 1: attention_rows<1>(a, w, base, h, i, out + i * D, next); break;
+      default: next.rest(); break;
     }
   }
 }
