@@ -46,6 +46,21 @@ struct AttentionArgs {
   float* out;
   int64_t L, Lq, heads, hd;
   float scale;  // scores are divided by it (sqrt(hd))
+  // If not null: the softmax probabilities [B, heads, Lq, L], for the backward pass.
+  float* probs = nullptr;
+};
+
+struct AttentionBackwardArgs {
+  // qkv, cos, sin as above (all L positions are queries); probs [B, heads, L, L] as the forward
+  // wrote them; gout [B, L, heads * hd]; gqkv [B, L, 3 * heads * hd], every element written.
+  const float* qkv;
+  const float* cos;
+  const float* sin;
+  const float* probs;
+  const float* gout;
+  float* gqkv;
+  int64_t L, heads, hd;
+  float scale;
 };
 
 struct AdamAtan2Args {
@@ -84,6 +99,8 @@ struct Kernels {
   // Work items [begin, end) of the B * heads (batch row, head) pairs: softmax(q k^T / scale) v for
   // the queries [0, Lq), with q and k rotated as rope_split does, written into out. No gradient.
   void (*attention)(const AttentionArgs& a, int64_t begin, int64_t end);
+  // The same pairs: the gradient of the above with respect to qkv (Lq = L).
+  void (*attention_backward)(const AttentionBackwardArgs& a, int64_t begin, int64_t end);
   // Elements [begin, end) of one parameter: AdamATan2's update (src/train/optimizers.cpp).
   void (*adam_atan2)(const AdamAtan2Args& a, int64_t begin, int64_t end);
 };

@@ -227,6 +227,65 @@ struct ScaledSoftmaxFn : public torch::autograd::Function<ScaledSoftmaxFn> {
   }
 };
 
+// ---- attention (RoPE, q k^T, softmax, p v) with autograd -----------------------------------------
+
+AttentionArgs attention_args(const at::Tensor& in, int64_t heads, const at::Tensor& cos, const at::Tensor& sin,
+                             at::Tensor& out, int64_t q_len) {
+  const int64_t D = in.size(2) / 3, hd = D / heads;
+  return AttentionArgs{in.const_data_ptr<float>(),
+                       cos.defined() ? cos.const_data_ptr<float>() : nullptr,
+                       sin.defined() ? sin.const_data_ptr<float>() : nullptr,
+                       out.data_ptr<float>(),
+                       in.size(1),
+                       q_len,
+                       heads,
+                       hd,
+                       static_cast<float>(std::sqrt(static_cast<double>(hd)))};
+}
+
+// The forward kernel keeps the probabilities [B, heads, L, L] (a fifth of the size of the chain's
+// saved tensors); the backward kernel takes qkv again for the rotated q and k.
+struct AttentionFn : public torch::autograd::Function<AttentionFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& qkv, int64_t heads, const RopeTables& rope) {
+    const auto in = qkv.contiguous();
+    const int64_t B = in.size(0), L = in.size(1);
+    auto out = at::empty({B, L, in.size(2) / 3}, in.options());
+    auto probs = at::empty({B, heads, L, L}, in.options());
+    AttentionArgs args = attention_args(in, heads, rope.cos, rope.sin, out, L);
+    args.probs = probs.data_ptr<float>();
+    const auto& kern = table();
+    at::parallel_for(0, B * heads, 1, [&](int64_t b, int64_t e) { kern.attention(args, b, e); });
+    ctx->save_for_backward({in, probs});
+    ctx->saved_data["heads"] = heads;
+    ctx->saved_data["cos"] = rope.cos;
+    ctx->saved_data["sin"] = rope.sin;
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &in = saved[0], &probs = saved[1];
+    const int64_t heads = ctx->saved_data["heads"].toInt();
+    const auto cos = ctx->saved_data["cos"].toTensor(), sin = ctx->saved_data["sin"].toTensor();
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
+    const auto gout = grads[0].contiguous();
+    const int64_t B = in.size(0), L = in.size(1), hd = in.size(2) / 3 / heads;
+    auto gqkv = at::empty(in.sizes(), in.options());
+    const AttentionBackwardArgs args{in.const_data_ptr<float>(),
+                                     cos.defined() ? cos.const_data_ptr<float>() : nullptr,
+                                     sin.defined() ? sin.const_data_ptr<float>() : nullptr,
+                                     probs.const_data_ptr<float>(),
+                                     gout.const_data_ptr<float>(),
+                                     gqkv.data_ptr<float>(),
+                                     L,
+                                     heads,
+                                     hd,
+                                     static_cast<float>(std::sqrt(static_cast<double>(hd)))};
+    const auto& kern = table();
+    at::parallel_for(0, B * heads, 1, [&](int64_t b, int64_t e) { kern.attention_backward(args, b, e); });
+    return {gqkv, at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
 
 at::Tensor rms_norm(const at::Tensor& x, double eps) {
@@ -389,24 +448,20 @@ at::Tensor attention(const at::Tensor& qkv, int64_t heads, const at::Tensor& cos
   const bool fits = qkv.dim() == 3 && heads > 0 && qkv.size(2) % (3 * heads) == 0 &&
                     (qkv.size(2) / (3 * heads)) % 2 == 0 && q_len >= 0 && q_len <= qkv.size(1) &&
                     rope_tables_fit(cos, sin, qkv.size(1), qkv.size(2) / (3 * heads));
-  // With autograd the op chain runs (its fused ops save what their backward passes need).
-  if (!fusable(qkv) || !fits || (at::GradMode::is_enabled() && qkv.requires_grad()))
-    return attention_chain(qkv, heads, cos, sin, q_len, split_heads_rope, scaled_softmax);
+  if (!fusable(qkv) || !fits) return attention_chain(qkv, heads, cos, sin, q_len, split_heads_rope, scaled_softmax);
+  if (at::GradMode::is_enabled() && qkv.requires_grad()) {
+    // With autograd: the kernels' forward (keeping the probabilities) and backward passes, for
+    // every position as a query (the model's training passes); the op chain otherwise.
+    if (q_len != qkv.size(1) || qkv.size(0) == 0 || qkv.size(1) == 0)
+      return attention_chain(qkv, heads, cos, sin, q_len, split_heads_rope, scaled_softmax);
+    return AttentionFn::apply(qkv, heads, RopeTables{cos, sin});
+  }
   at::NoGradGuard no_grad;
   const auto in = qkv.contiguous();
-  const int64_t B = in.size(0), L = in.size(1), D = in.size(2) / 3, hd = D / heads;
+  const int64_t B = in.size(0), D = in.size(2) / 3;
   auto out = at::empty({B, q_len, D}, in.options());
   if (q_len == 0 || B == 0) return out;
-  const auto c = cos.defined() ? cos.contiguous() : cos, s = sin.defined() ? sin.contiguous() : sin;
-  const AttentionArgs args{in.const_data_ptr<float>(),
-                           c.defined() ? c.const_data_ptr<float>() : nullptr,
-                           s.defined() ? s.const_data_ptr<float>() : nullptr,
-                           out.data_ptr<float>(),
-                           L,
-                           q_len,
-                           heads,
-                           hd,
-                           static_cast<float>(std::sqrt(static_cast<double>(hd)))};
+  const AttentionArgs args = attention_args(in, heads, cos, sin, out, q_len);
   const auto& kern = table();
   // One (batch row, head) pair is ~2 L^2 hd multiply-adds: a work item on its own.
   at::parallel_for(0, B * heads, 1, [&](int64_t b, int64_t e) { kern.attention(args, b, e); });
