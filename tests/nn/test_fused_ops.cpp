@@ -326,10 +326,17 @@ TEST(FusedOps, ScaledSoftmaxForwardAndGradients) {
   }
 }
 
-// ---- attention without autograd ---------------------------------------------------------------
+// ---- attention ------------------------------------------------------------------------------------
 
-TEST(FusedOps, AttentionWithoutGradMatchesThePlainChain) {
-  torch::manual_seed(12);
+// The attention cases: odd and vector-sized lengths and head sizes (hd 2 to 64, with and without a
+// vector tail), with and without RoPE, contiguous and strided qkv [B, L, 3 * heads * hd].
+struct AttentionCase {
+  int64_t B, L, heads, hd;
+  torch::Tensor cos, sin, qkv;
+  std::string label;
+};
+
+void for_each_attention_case(const std::function<void(const AttentionCase&)>& f) {
   struct Shape {
     int64_t B, L, heads, hd;
   };
@@ -339,69 +346,63 @@ TEST(FusedOps, AttentionWithoutGradMatchesThePlainChain) {
       for (const bool contiguous : {true, false}) {
         auto [cos, sin] = rope_tables(s.L, s.hd);
         if (!rope) cos = sin = torch::Tensor();
-        const auto qkv = random({s.B, s.L, 3 * s.heads * s.hd}, contiguous);
-        const std::string at = "L=" + std::to_string(s.L) + " heads=" + std::to_string(s.heads) +
-                               " hd=" + std::to_string(s.hd) + (rope ? " rope" : "") + (contiguous ? "" : " strided");
-        torch::NoGradGuard no_grad;
-        const auto whole = fused::attention(qkv, s.heads, cos, sin, s.L);
-        ASSERT_EQ(whole.sizes(), torch::IntArrayRef({s.B, s.L, s.heads * s.hd})) << at;
-        EXPECT_LE(record("attention (no grad)", rel_error(whole, fused::plain::attention(qkv, s.heads, cos, sin, s.L))),
-                  kAttentionTol)
-            << at;
-        // Fewer queries (forward_first's one, and a count that leaves a partial block of rows):
-        // the same rows bit for bit, since each query's sums do not depend on its neighbours.
-        for (const int64_t q_len : {int64_t{1}, std::min<int64_t>(s.L, 6)}) {
-          const auto part = fused::attention(qkv, s.heads, cos, sin, q_len);
-          EXPECT_TRUE(part.equal(whole.narrow(1, 0, q_len))) << at << " q_len " << q_len;
-          EXPECT_LE(rel_error(part, fused::plain::attention(qkv, s.heads, cos, sin, q_len)), kAttentionTol) << at;
-        }
-        // With the fused kernels off, the dispatch is the plain chain itself.
-        FusedScope off(false);
-        EXPECT_TRUE(fused::attention(qkv, s.heads, cos, sin, s.L).equal(fused::plain::attention(qkv, s.heads, cos, sin, s.L)))
-            << at;
+        const std::string label = "L=" + std::to_string(s.L) + " heads=" + std::to_string(s.heads) +
+                                  " hd=" + std::to_string(s.hd) + (rope ? " rope" : "") + (contiguous ? "" : " strided");
+        f(AttentionCase{s.B, s.L, s.heads, s.hd, cos, sin, random({s.B, s.L, 3 * s.heads * s.hd}, contiguous), label});
       }
     }
   }
 }
 
+TEST(FusedOps, AttentionWithoutGradMatchesThePlainChain) {
+  torch::manual_seed(12);
+  for_each_attention_case([](const AttentionCase& s) {
+    const auto &cos = s.cos, &sin = s.sin, &qkv = s.qkv;
+    const std::string& at = s.label;
+    torch::NoGradGuard no_grad;
+    const auto whole = fused::attention(qkv, s.heads, cos, sin, s.L);
+    ASSERT_EQ(whole.sizes(), torch::IntArrayRef({s.B, s.L, s.heads * s.hd})) << at;
+    EXPECT_LE(record("attention (no grad)", rel_error(whole, fused::plain::attention(qkv, s.heads, cos, sin, s.L))),
+              kAttentionTol)
+        << at;
+    // Fewer queries (forward_first's one, and a count that leaves a partial block of rows): the
+    // same rows bit for bit, since each query's sums do not depend on its neighbours.
+    for (const int64_t q_len : {int64_t{1}, std::min<int64_t>(s.L, 6)}) {
+      const auto part = fused::attention(qkv, s.heads, cos, sin, q_len);
+      EXPECT_TRUE(part.equal(whole.narrow(1, 0, q_len))) << at << " q_len " << q_len;
+      EXPECT_LE(rel_error(part, fused::plain::attention(qkv, s.heads, cos, sin, q_len)), kAttentionTol) << at;
+    }
+    // With the fused kernels off, the dispatch is the plain chain itself.
+    FusedScope off(false);
+    EXPECT_TRUE(fused::attention(qkv, s.heads, cos, sin, s.L).equal(fused::plain::attention(qkv, s.heads, cos, sin, s.L)))
+        << at;
+  });
+}
+
 TEST(FusedOps, AttentionWithAutogradMatchesTheChainsGradient) {
   // With autograd, the kernels' forward (keeping the probabilities) and backward passes against
-  // the float32 plain chain and its autograd gradient, on the shapes above, with and without
-  // RoPE, from contiguous and strided input; the forward output is the no-grad kernel's, bit for
-  // bit. Fewer queries than positions take the differentiable chain.
+  // the float32 plain chain and its autograd gradient, on the cases above; the forward output is
+  // the no-grad kernel's, bit for bit. Fewer queries than positions take the differentiable chain.
   torch::manual_seed(13);
-  struct Shape {
-    int64_t B, L, heads, hd;
-  };
-  for (const auto& s : {Shape{2, 5, 1, 2}, Shape{3, 7, 2, 14}, Shape{2, 82, 4, 64}, Shape{1, 9, 3, 34}, Shape{2, 33, 2, 16},
-                        Shape{1, 17, 1, 40}}) {
-    for (const bool rope : {true, false}) {
-      for (const bool contiguous : {true, false}) {
-        auto [cos, sin] = rope_tables(s.L, s.hd);
-        if (!rope) cos = sin = torch::Tensor();
-        const auto qkv0 = random({s.B, s.L, 3 * s.heads * s.hd}, contiguous);
-        const auto gy = torch::randn({s.B, s.L, s.heads * s.hd});
-        const std::string at = "L=" + std::to_string(s.L) + " heads=" + std::to_string(s.heads) +
-                               " hd=" + std::to_string(s.hd) + (rope ? " rope" : "") + (contiguous ? "" : " strided");
-        auto run = [&](bool fused_on) {
-          FusedScope scope(fused_on);
-          const auto qkv = qkv0.detach().clone().requires_grad_(true);
-          const auto y = fused::attention(qkv, s.heads, cos, sin, s.L);
-          (y * gy).sum().backward();
-          return std::make_pair(y.detach(), qkv.grad());
-        };
-        const auto [yf, gf] = run(true);
-        const auto [yp, gp] = run(false);
-        ASSERT_TRUE(gf.defined()) << at;
-        {
-          torch::NoGradGuard no_grad;
-          EXPECT_TRUE(yf.equal(fused::attention(qkv0, s.heads, cos, sin, s.L))) << at << ": the no-grad kernel's output";
-        }
-        EXPECT_LE(record("attention (autograd) forward", rel_error(yf, yp)), kAttentionTol) << at;
-        EXPECT_LE(record("attention (autograd) gradient", rel_error(gf, gp)), kAttentionGradTol) << at;
-      }
+  for_each_attention_case([](const AttentionCase& s) {
+    const auto gy = torch::randn({s.B, s.L, s.heads * s.hd});
+    auto run = [&](bool fused_on) {
+      FusedScope scope(fused_on);
+      const auto qkv = s.qkv.detach().clone().requires_grad_(true);
+      const auto y = fused::attention(qkv, s.heads, s.cos, s.sin, s.L);
+      (y * gy).sum().backward();
+      return std::make_pair(y.detach(), qkv.grad());
+    };
+    const auto [yf, gf] = run(true);
+    const auto [yp, gp] = run(false);
+    ASSERT_TRUE(gf.defined()) << s.label;
+    {
+      torch::NoGradGuard no_grad;
+      EXPECT_TRUE(yf.equal(fused::attention(s.qkv, s.heads, s.cos, s.sin, s.L))) << s.label << ": the no-grad kernel's output";
     }
-  }
+    EXPECT_LE(record("attention (autograd) forward", rel_error(yf, yp)), kAttentionTol) << s.label;
+    EXPECT_LE(record("attention (autograd) gradient", rel_error(gf, gp)), kAttentionGradTol) << s.label;
+  });
   // Fewer queries with autograd: the chain of fused ops, against the float64 plain chain.
   auto [cos, sin] = rope_tables(9, 8);
   const auto qkv0 = torch::randn({2, 9, 3 * 2 * 8});
