@@ -52,11 +52,12 @@ at::Tensor scaled_softmax(const at::Tensor& scores, double scale);
 
 // softmax(q k^T / sqrt(hd)) v for the queries at positions [0, q_len), with q, k, v split from
 // qkv [B, L, 3 * heads * hd] and rotated as split_heads_rope does: [B, q_len, heads * hd], each
-// head's output in its hd columns (as the output projection reads it). Differentiable in qkv (the
-// op chain of split_heads_rope, matmul, scaled_softmax, matmul runs then). Without autograd the
-// fused kernel does it all per (batch row, head) in cache-sized tiles, with no [B, heads, L, L]
-// scores tensor; its sums run in another order than the GEMMs', so it agrees with the chain to
-// rounding.
+// head's output in its hd columns (as the output projection reads it). Differentiable in qkv.
+// Without autograd the fused kernel does it all per (batch row, head) in cache-sized tiles, with no
+// [B, heads, L, L] scores tensor; with autograd and q_len = L the same kernel also keeps the
+// probabilities, and one backward kernel per pair gives the gradient (other q_len: the op chain of
+// split_heads_rope, matmul, scaled_softmax, matmul). Its sums run in another order than the GEMMs',
+// so it agrees with the chain to rounding.
 at::Tensor attention(const at::Tensor& qkv, int64_t heads, const at::Tensor& cos, const at::Tensor& sin, int64_t q_len);
 
 // The plain forms (the references of the tests).

@@ -122,9 +122,9 @@ torch::Tensor AttentionImpl::mix(const torch::Tensor& qkv, const torch::Tensor& 
     return at::scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape({qkv.size(0), q_len, heads * head_dim});
   }
   // softmax(q k^T / sqrt(d)) v with RoPE and the softmax in f32: the reference's order of
-  // operations (fused: without autograd in one pass per batch row and head). LibTorch's CPU SDPA
-  // kernel blocks the softmax differently, which compounds to 3e-5 relative over four ACT steps;
-  // this stays under 1e-5.
+  // operations (fused: one pass per batch row and head, one more for the gradient). LibTorch's
+  // CPU SDPA kernel blocks the softmax differently, which compounds to 3e-5 relative over four
+  // ACT steps; this stays under 1e-5.
   return fused::attention(qkv, heads, cos, sin, q_len);
 }
 
