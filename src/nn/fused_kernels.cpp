@@ -39,16 +39,26 @@ inline Vec load_tail(const float* p, int64_t count, float fill) {
   return Vec::set(Vec(fill), Vec::loadu(p, count), count);
 }
 
-// Horizontal sum / max of a vector: ATen's shuffle trees on AVX2 and AVX-512, a loop otherwise.
+// Horizontal sum / max of a vector, lane by lane through memory. (ATen's AVX-512 shuffle trees,
+// vec_reduce_all, draw a false GCC 12 -Wuninitialized where they are inlined into the attention
+// kernels. A NaN lane may be dropped by the max; where a max feeds a softmax, its numerators are
+// NaN then anyway.)
 inline float hsum(const Vec& v) {
-  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return a + b; }, v);
+  float lanes[W];
+  v.store(lanes);
+  float total = lanes[0];
+  for (int64_t l = 1; l < W; ++l) total += lanes[l];
+  return total;
 }
 
 inline float hmax(const Vec& v) {
-  return at::vec::vec_reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, v);
+  float lanes[W];
+  v.store(lanes);
+  float top = lanes[0];
+  for (int64_t l = 1; l < W; ++l) top = std::max(top, lanes[l]);
+  return top;
 }
 
-// Sum of a[j] * b[j] over a row, in two vector accumulators (the rows here are a few hundred long).
 inline float dot(const float* a, const float* b, int64_t n) {
   Vec acc0(0.0f), acc1(0.0f);
   int64_t j = 0;
@@ -303,34 +313,41 @@ struct Divide {
   bool exact_inverse;
 };
 
+// y[j] = exp(x[j] / scale - max(x) / scale) for j < n (the softmax's numerators; y may be x), with
+// the given exp; returns 1 / their sum. The plain chain takes max(x / scale); with scale > 0 that
+// is max(x) / scale exactly, so the max runs on x and the division once per element in the exp
+// pass.
+template <class Exp>
+inline float softmax_numerators(const float* x, float* y, int64_t n, const Divide& divide, const Exp& exp) {
+  const float lowest = -std::numeric_limits<float>::infinity();
+  Vec mx(lowest);
+  int64_t j = 0;
+  for (; j + W <= n; j += W) mx = at::vec::maximum(mx, Vec::loadu(x + j));
+  if (j < n) mx = at::vec::maximum(mx, load_tail(x + j, n - j, lowest));
+  const Vec m = divide(Vec(hmax(mx)));
+  Vec sum0(0.0f), sum1(0.0f);
+  for (j = 0; j + W <= n; j += W) {
+    const Vec e = exp(divide(Vec::loadu(x + j)) - m);
+    e.store(y + j);
+    sum0 = sum0 + e;
+    std::swap(sum0, sum1);
+  }
+  if (j < n) {
+    // Lanes past the row are -inf: exp gives 0 and the sum is unchanged.
+    const Vec e = exp(divide(load_tail(x + j, n - j, lowest)) - m);
+    e.store(y + j, static_cast<int>(n - j));
+    sum0 = sum0 + e;
+  }
+  return 1.0f / hsum(sum0 + sum1);
+}
+
 void scaled_softmax(const float* x, float* y, int64_t n, float scale, int64_t begin, int64_t end) {
   const Divide divide(scale);
-  const float lowest = -std::numeric_limits<float>::infinity();
   for (int64_t i = begin; i < end; ++i) {
-    const float* xr = x + i * n;
     float* yr = y + i * n;
-    // The plain chain takes max(x / scale); with scale > 0 that is max(x) / scale exactly, so the
-    // max runs on x and the division once per element in the exp pass.
-    Vec mx(lowest);
+    const Vec inv(softmax_numerators(x + i * n, yr, n, divide, [](const Vec& v) { return v.exp(); }));
     int64_t j = 0;
-    for (; j + W <= n; j += W) mx = at::vec::maximum(mx, Vec::loadu(xr + j));
-    if (j < n) mx = at::vec::maximum(mx, load_tail(xr + j, n - j, lowest));
-    const Vec m = divide(Vec(hmax(mx)));
-    Vec sum0(0.0f), sum1(0.0f);
-    for (j = 0; j + W <= n; j += W) {
-      const Vec e = (divide(Vec::loadu(xr + j)) - m).exp();
-      e.store(yr + j);
-      sum0 = sum0 + e;
-      std::swap(sum0, sum1);
-    }
-    if (j < n) {
-      // Lanes past the row are -inf: exp gives 0 and the sum is unchanged.
-      const Vec e = (divide(load_tail(xr + j, n - j, lowest)) - m).exp();
-      e.store(yr + j, static_cast<int>(n - j));
-      sum0 = sum0 + e;
-    }
-    const Vec inv(1.0f / hsum(sum0 + sum1));
-    for (j = 0; j + W <= n; j += W) (Vec::loadu(yr + j) * inv).store(yr + j);
+    for (; j + W <= n; j += W) (Vec::loadu(yr + j) * inv).store(yr + j);
     if (j < n) (Vec::loadu(yr + j, n - j) * inv).store(yr + j, static_cast<int>(n - j));
   }
 }
@@ -386,83 +403,52 @@ inline void tile_products(const float* a, int64_t a_row, int64_t a_k, const floa
   }
 }
 
-template <int R, int NV>
-inline void tile_products(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K, Vec (&acc)[R][NV]) {
-  tile_products<R, NV>(a, lda, 1, b, ldb, K, acc);
-}
-
-// s[r][j] = sum_d q[r][d] * kt[d][j] for R rows and the key columns [j0, j0 + NV * W).
-template <int R, int NV>
-inline void score_tile(const float* q, int64_t hd, const float* kt, int64_t Lp, float* s, int64_t j0) {
-  Vec acc[R][NV];
-  tile_products<R, NV>(q, hd, kt + j0, Lp, hd, acc);
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v].store(s + r * Lp + j0 + v * W);
-}
-
-// out[r][c] = inv[r] * sum_j p[r][j] * vb[j][c] for R rows and the value columns [c0, c0 + NV * W),
-// of which the first `keep` are stored.
-template <int R, int NV>
-inline void value_tile(const float* p, const float* inv, int64_t Lp, int64_t L, const float* vb, int64_t hdp, int64_t c0,
-                       float* out, int64_t out_stride, int64_t keep) {
-  Vec acc[R][NV];
-  tile_products<R, NV>(p, Lp, vb + c0, hdp, L, acc);
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) {
-      const int64_t c = v * W, n = std::min<int64_t>(W, keep - c);
-      const Vec o = acc[r][v] * Vec(inv[r]);
-      if (n >= W)
-        o.store(out + r * out_stride + c0 + c);
-      else if (n > 0)
-        o.store(out + r * out_stride + c0 + c, static_cast<int>(n));
-    }
-}
-
-// A vector's lanes reduced through memory: where ATen's AVX-512 shuffle trees (hmax, hsum) are
-// inlined into the attention kernel, GCC 12 warns falsely about an uninitialised operand. A NaN
-// lane may be dropped by the max; the softmax's numerators are NaN then anyway.
-inline float lanes_max(const Vec& v) {
-  float lanes[W];
-  v.store(lanes);
-  float top = lanes[0];
-  for (int64_t l = 1; l < W; ++l) top = std::max(top, lanes[l]);
-  return top;
-}
-
-inline float lanes_sum(const Vec& v) {
-  float lanes[W];
-  v.store(lanes);
-  float total = lanes[0];
-  for (int64_t l = 1; l < W; ++l) total += lanes[l];
-  return total;
-}
-
-// x[j] = exp(x[j] / scale - max(x) / scale) for j < n, in place (the softmax's numerators, as
-// scaled_softmax computes them but with exp_fast); returns 1 / their sum, which value_tile applies
-// to the output.
-inline float softmax_numerators(float* x, int64_t n, const Divide& divide) {
-  const float lowest = -std::numeric_limits<float>::infinity();
-  Vec mx(lowest);
-  int64_t j = 0;
-  for (; j + W <= n; j += W) mx = at::vec::maximum(mx, Vec::loadu(x + j));
-  if (j < n) mx = at::vec::maximum(mx, load_tail(x + j, n - j, lowest));
-  const Vec m = divide(Vec(lanes_max(mx)));
-  Vec sum(0.0f);
-  for (j = 0; j + W <= n; j += W) {
-    const Vec e = exp_fast(divide(Vec::loadu(x + j)) - m);
-    e.store(x + j);
-    sum = sum + e;
-  }
-  if (j < n) {
-    const Vec e = exp_fast(divide(load_tail(x + j, n - j, lowest)) - m);
-    e.store(x + j, static_cast<int>(n - j));
-    sum = sum + e;
-  }
-  return 1.0f / lanes_sum(sum);
-}
-
 // The query rows of one block (6 fill AVX2's 16 vector registers in the tiles: 12 accumulators).
 constexpr int kQueryRows = 6;
+
+// Blocks of up to kQueryRows rows [0, n): f(std::integral_constant<int, R>, first row).
+template <class F>
+inline void row_blocks(int64_t n, const F& f) {
+  int64_t i = 0;
+  for (; i + kQueryRows <= n; i += kQueryRows) f(std::integral_constant<int, kQueryRows>(), i);
+  switch (n - i) {
+    case 5: f(std::integral_constant<int, 5>(), i); break;
+    case 4: f(std::integral_constant<int, 4>(), i); break;
+    case 3: f(std::integral_constant<int, 3>(), i); break;
+    case 2: f(std::integral_constant<int, 2>(), i); break;
+    case 1: f(std::integral_constant<int, 1>(), i); break;
+    default: break;
+  }
+}
+
+// out[r][c] = sum_k a[r * a_row + k * a_k] * b[k][c] (times row_scale[r] if given) for R rows and
+// the columns c < cols (b's rows are ldb apart and readable up to round_up(cols, W)), rows of out
+// ldo apart.
+template <int R>
+void product_rows(const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t ldb, int64_t K, int64_t cols,
+                  float* out, int64_t ldo, const float* row_scale = nullptr) {
+  const int64_t padded = round_up(cols, W);
+  auto put = [&](Vec v, int r, int64_t c) {
+    if (row_scale) v = v * Vec(row_scale[r]);
+    const int64_t n = std::min<int64_t>(W, cols - c);
+    if (n >= W)
+      v.store(out + r * ldo + c);
+    else if (n > 0)
+      v.store(out + r * ldo + c, static_cast<int>(n));
+  };
+  int64_t c0 = 0;
+  for (; c0 + 2 * W <= padded; c0 += 2 * W) {
+    Vec acc[R][2];
+    tile_products<R, 2>(a, a_row, a_k, b + c0, ldb, K, acc);
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < 2; ++v) put(acc[r][v], r, c0 + v * W);
+  }
+  if (c0 < padded) {
+    Vec acc[R][1];
+    tile_products<R, 1>(a, a_row, a_k, b + c0, ldb, K, acc);
+    for (int r = 0; r < R; ++r) put(acc[r][0], r, c0);
+  }
+}
 
 // Keys are transposed kKeyRows at a time: dst[d * ld_dst + r] = src[r * hd + d] for r < 8, d < hd.
 constexpr int64_t kKeyRows = 8;
@@ -493,9 +479,9 @@ __attribute__((always_inline)) inline void prefetch_rows(const AttentionArgs& a,
     }
 }
 
-// The next pair's rows [j, end), asked for one row at a time between the tiles of this pair's
-// blocks (measured on a 2-core Zen 3, 32 x 82 tokens, 4 heads of 64: best of 150 calls 2.10-2.20
-// ms, against 2.14-2.33 ms with a block's rows asked at once and 2.7-3.6 ms with none).
+// The next pair's rows [j, end), asked for a row at a time between the stages of this pair's
+// blocks of queries (measured on a 2-core Zen 3, 32 x 82 tokens, 4 heads of 64, best of 150 calls:
+// 2.2 ms, against 2.14-2.33 ms with a block's rows asked at once and 2.7-3.6 ms with none).
 struct NextRows {
   const AttentionArgs* a = nullptr;
   int64_t item = 0, j = 0, end = 0;
@@ -510,9 +496,11 @@ struct NextRows {
   }
 };
 
+// R query rows [i0, i0 + R) of one (batch row, head) pair: scores, softmax, output rows (and the
+// probabilities into probs, rows of L, when asked), with the next pair's rows prefetched between.
 template <int R>
 void attention_rows(const AttentionArgs& a, AttentionScratch& w, const float* base, int64_t h, int64_t i0, float* out,
-                    NextRows& next) {
+                    float* probs, NextRows& next) {
   const int64_t hd = a.hd, D = a.heads * hd, ld = 3 * D, L = a.L, Lp = round_up(L, W), hdp = round_up(hd, W);
   for (int r = 0; r < R; ++r) {
     const int64_t i = i0 + r;
@@ -523,35 +511,29 @@ void attention_rows(const AttentionArgs& a, AttentionScratch& w, const float* ba
       copy(src, w.q.data() + r * hd, hd);
   }
   float* s = w.s.data();
-  int64_t j0 = 0;
-  for (; j0 + 2 * W <= Lp; j0 += 2 * W) {
-    score_tile<R, 2>(w.q.data(), hd, w.kt.data(), Lp, s, j0);
-    next.one();
-  }
-  if (j0 < Lp) score_tile<R, 1>(w.q.data(), hd, w.kt.data(), Lp, s, j0);
+  product_rows<R>(w.q.data(), hd, 1, w.kt.data(), Lp, hd, Lp, s, Lp);
+  next.one();
   // The padding columns' scores become -inf, so the softmax runs on whole vectors and gives them 0.
   const float lowest = -std::numeric_limits<float>::infinity();
   for (int r = 0; r < R; ++r) std::fill(s + r * Lp + L, s + (r + 1) * Lp, lowest);
   const Divide divide(a.scale);
   float inv[R];
-  for (int r = 0; r < R; ++r) inv[r] = softmax_numerators(s + r * Lp, Lp, divide);
-  if (a.probs) {
-    // The probabilities for the backward pass: [B, heads, Lq, L], each numerator times 1 / sum.
+  for (int r = 0; r < R; ++r)
+    inv[r] = softmax_numerators(s + r * Lp, s + r * Lp, Lp, divide, [](const Vec& v) { return exp_fast(v); });
+  next.one();
+  if (probs) {
+    // Each numerator times 1 / sum.
     for (int r = 0; r < R; ++r) {
       const float* e = s + r * Lp;
-      float* pr = a.probs + ((base - a.qkv) / (L * ld) * a.heads + h) * a.Lq * L + (i0 + r) * L;
+      float* pr = probs + (i0 + r) * L;
       const Vec iv(inv[r]);
       int64_t j = 0;
       for (; j + W <= L; j += W) (Vec::loadu(e + j) * iv).store(pr + j);
       if (j < L) (Vec::loadu(e + j, L - j) * iv).store(pr + j, static_cast<int>(L - j));
     }
   }
-  int64_t c0 = 0;
-  for (; c0 + 2 * W <= hdp; c0 += 2 * W) {
-    value_tile<R, 2>(s, inv, Lp, L, w.vb.data(), hdp, c0, out, D, hd - c0);
-    next.one();
-  }
-  if (c0 < hdp) value_tile<R, 1>(s, inv, Lp, L, w.vb.data(), hdp, c0, out, D, hd - c0);
+  // The output rows: 1 / sum applied here rather than to the probabilities.
+  product_rows<R>(s, Lp, 1, w.vb.data(), hdp, L, hd, out, D, inv);
   next.rest();
 }
 
@@ -593,66 +575,15 @@ void attention(const AttentionArgs& a, int64_t begin, int64_t end) {
       return next;
     };
     float* out = a.out + b * a.Lq * D + h * hd;
-    int64_t i = 0;
-    for (; i + kQueryRows <= a.Lq; i += kQueryRows) {
+    float* probs = a.probs ? a.probs + item * a.Lq * L : nullptr;
+    row_blocks(a.Lq, [&](auto rows, int64_t i) {
       NextRows next = next_rows(i / kQueryRows);
-      attention_rows<kQueryRows>(a, w, base, h, i, out + i * D, next);
-    }
-    NextRows next = next_rows(i / kQueryRows);
-    switch (a.Lq - i) {
-      case 5: attention_rows<5>(a, w, base, h, i, out + i * D, next); break;
-      case 4: attention_rows<4>(a, w, base, h, i, out + i * D, next); break;
-      case 3: attention_rows<3>(a, w, base, h, i, out + i * D, next); break;
-      case 2: attention_rows<2>(a, w, base, h, i, out + i * D, next); break;
-      case 1: attention_rows<1>(a, w, base, h, i, out + i * D, next); break;
-      default: next.rest(); break;
-    }
+      attention_rows<decltype(rows)::value>(a, w, base, h, i, out + i * D, probs, next);
+    });
   }
 }
 
 // ---- the attention's backward pass -------------------------------------------------------------
-
-// Blocks of up to kQueryRows rows [0, n): f(std::integral_constant<int, R>, first row).
-template <class F>
-inline void row_blocks(int64_t n, const F& f) {
-  int64_t i = 0;
-  for (; i + kQueryRows <= n; i += kQueryRows) f(std::integral_constant<int, kQueryRows>(), i);
-  switch (n - i) {
-    case 5: f(std::integral_constant<int, 5>(), i); break;
-    case 4: f(std::integral_constant<int, 4>(), i); break;
-    case 3: f(std::integral_constant<int, 3>(), i); break;
-    case 2: f(std::integral_constant<int, 2>(), i); break;
-    case 1: f(std::integral_constant<int, 1>(), i); break;
-    default: break;
-  }
-}
-
-// out[r][c] = sum_k a[r * a_row + k * a_k] * b[k][c] for R rows and the columns c < cols (b's rows
-// are ldb apart and readable up to round_up(cols, W)), rows of out ldo apart.
-template <int R>
-void product_rows(const float* a, int64_t a_row, int64_t a_k, const float* b, int64_t ldb, int64_t K, int64_t cols,
-                  float* out, int64_t ldo) {
-  const int64_t padded = round_up(cols, W);
-  auto put = [&](const Vec& v, int r, int64_t c) {
-    const int64_t n = std::min<int64_t>(W, cols - c);
-    if (n >= W)
-      v.store(out + r * ldo + c);
-    else if (n > 0)
-      v.store(out + r * ldo + c, static_cast<int>(n));
-  };
-  int64_t c0 = 0;
-  for (; c0 + 2 * W <= padded; c0 += 2 * W) {
-    Vec acc[R][2];
-    tile_products<R, 2>(a, a_row, a_k, b + c0, ldb, K, acc);
-    for (int r = 0; r < R; ++r)
-      for (int v = 0; v < 2; ++v) put(acc[r][v], r, c0 + v * W);
-  }
-  if (c0 < padded) {
-    Vec acc[R][1];
-    tile_products<R, 1>(a, a_row, a_k, b + c0, ldb, K, acc);
-    for (int r = 0; r < R; ++r) put(acc[r][0], r, c0);
-  }
-}
 
 struct AttentionGradScratch {
   std::vector<float> qr, kr, vt, go, ds, dp, row;
@@ -716,14 +647,8 @@ void attention_backward(const AttentionBackwardArgs& a, int64_t begin, int64_t e
         const float* pr = P + (i0 + r) * L;
         const float* dpr = w.dp.data() + r * Lp;
         float* dsr = w.ds.data() + (i0 + r) * Lp;
-        // (rowsum(P dP) summed here: dot()'s AVX-512 reduction draws GCC 12's false warning when
-        // inlined into this function, see lanes_sum.)
-        Vec acc(0.0f);
+        const Vec d(dot(dpr, pr, L));
         int64_t j = 0;
-        for (; j + W <= L; j += W) acc = at::vec::fmadd(Vec::loadu(dpr + j), Vec::loadu(pr + j), acc);
-        if (j < L) acc = at::vec::fmadd(Vec::loadu(dpr + j, L - j), Vec::loadu(pr + j, L - j), acc);
-        const Vec d(lanes_sum(acc));
-        j = 0;
         for (; j + W <= L; j += W) divide((Vec::loadu(dpr + j) - d) * Vec::loadu(pr + j)).store(dsr + j);
         if (j < L) divide((Vec::loadu(dpr + j, L - j) - d) * Vec::loadu(pr + j, L - j)).store(dsr + j, static_cast<int>(L - j));
       }
