@@ -3,6 +3,9 @@
 # Python model doing the same step (scripts/bench_hrm_upstream.py), alternated A/B/A/B for ROUNDS
 # rounds on the same config and threads; prints each round, both medians and the ratio upstream/ours.
 # Run it on a quiet machine: the two sides share the cores with nothing else.
+# Each round also records hrm_bench's FLOP floor (the step's matmul FLOPs at this machine's measured
+# GEMM rate): upstream's time over that floor is the most any implementation that runs the same
+# matmuls at that rate could gain over upstream, so it shows what a ratio goal asks of ours.
 # One measurement per run is the mean ms per timed step (hrm_bench's definition); the medians are
 # over the rounds. Upstream runs eagerly with exact f32 attention (HRM) / its own SDPA call (TRM);
 # ours with its default --attention exact.
@@ -50,23 +53,33 @@ last_json() { grep '^{' | tail -n 1; }
 
 ours=()
 upstream=()
+floor=()
 for ((r = 1; r <= rounds; r++)); do
   a="$("$build/bin/hrm_bench" "${ours_args[@]}" | last_json)" || { echo "bench_hrm_speed: hrm_bench failed" >&2; exit 1; }
   b="$("$python" scripts/bench_hrm_upstream.py "${upstream_args[@]}" | last_json)" || { echo "bench_hrm_speed: bench_hrm_upstream.py failed" >&2; exit 1; }
   ours+=("$(field "$a" ms_per_step)")
   upstream+=("$(field "$b" ms_per_step_mean)")
-  echo "round $r: ours ${ours[-1]} ms/step, upstream ${upstream[-1]} ms/step"
+  floor+=("$(field "$a" floor_ms)")
+  echo "round $r: ours ${ours[-1]} ms/step, upstream ${upstream[-1]} ms/step, floor ${floor[-1]} ms/step"
 done
 
-"$python" - "$arch" "${#ours[@]}" "${ours[@]}" "${upstream[@]}" <<'PY'
+"$python" - "$arch" "${#ours[@]}" "${ours[@]}" "${upstream[@]}" "${floor[@]}" <<'PY'
 import json, statistics, sys
 arch, n = sys.argv[1], int(sys.argv[2])
 ours = [float(x) for x in sys.argv[3:3 + n]]
 upstream = [float(x) for x in sys.argv[3 + n:3 + 2 * n]]
-mo, mu = statistics.median(ours), statistics.median(upstream)
-print(f"ours (hrm_bench, C++):  median {mo:.1f} ms/step")
-print(f"upstream (Python):      median {mu:.1f} ms/step")
-print(f"ratio upstream/ours:    {mu / mo:.2f}")
+floor = [float(x) for x in sys.argv[3 + 2 * n:3 + 3 * n]]
+mo, mu, mf = statistics.median(ours), statistics.median(upstream), statistics.median(floor)
+# Per round, so that a slow minute moves both sides of the quotient.
+up_over_floor = statistics.median(u / f for u, f in zip(upstream, floor))
+ours_over_floor = statistics.median(o / f for o, f in zip(ours, floor))
+print(f"ours (hrm_bench, C++):  median {mo:.1f} ms/step ({ours_over_floor:.3f}x the floor)")
+print(f"upstream (Python):      median {mu:.1f} ms/step ({up_over_floor:.3f}x the floor)")
+print(f"FLOP floor:             median {mf:.1f} ms/step")
+print(f"ratio upstream/ours:    {mu / mo:.2f} (at most {up_over_floor:.2f} for a step at the floor)")
 print(json.dumps({"arch": arch, "rounds": n, "ours_ms_per_step_median": round(mo, 3),
-                  "upstream_ms_per_step_median": round(mu, 3), "ratio_upstream_over_ours": round(mu / mo, 3)}))
+                  "upstream_ms_per_step_median": round(mu, 3), "floor_ms_median": round(mf, 3),
+                  "ours_over_floor_median": round(ours_over_floor, 4),
+                  "upstream_over_floor_median": round(up_over_floor, 4),
+                  "ratio_upstream_over_ours": round(mu / mo, 3)}))
 PY
