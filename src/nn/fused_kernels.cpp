@@ -251,22 +251,31 @@ inline void zero(float* dst, int64_t n) {
   if (j < n) Vec(0.0f).store(dst + j, static_cast<int>(n - j));
 }
 
+// One row of hd at position pos rotated with the tables' row pos, or copied where there are no
+// tables (cos null: RoPE off); rope_row_back applies the transpose.
+inline void rope_row(const float* src, const float* cos, const float* sin, int64_t pos, float* dst, int64_t hd) {
+  if (cos)
+    rotate(src, cos + pos * hd, sin + pos * hd, dst, hd);
+  else
+    copy(src, dst, hd);
+}
+
+inline void rope_row_back(const float* g, const float* cos, const float* sin, int64_t pos, float* dst, int64_t hd) {
+  if (cos)
+    rotate_back(g, cos + pos * hd, sin + pos * hd, dst, hd);
+  else
+    copy(g, dst, hd);
+}
+
 void rope_split(const RopeSplitArgs& a, int64_t begin, int64_t end) {
   const int64_t H = a.heads, hd = a.hd, L = a.L, D = H * hd;
   for (int64_t row = begin; row < end; ++row) {
     const int64_t b = row / L, l = row % L;
     const float* src = a.qkv + row * 3 * D;
-    const float* c = a.cos ? a.cos + l * hd : nullptr;
-    const float* s = a.sin ? a.sin + l * hd : nullptr;
     for (int64_t h = 0; h < H; ++h) {
       const int64_t dst = ((b * H + h) * L + l) * hd;
-      if (c) {
-        rotate(src + h * hd, c, s, a.q + dst, hd);
-        rotate(src + D + h * hd, c, s, a.k + dst, hd);
-      } else {
-        copy(src + h * hd, a.q + dst, hd);
-        copy(src + D + h * hd, a.k + dst, hd);
-      }
+      rope_row(src + h * hd, a.cos, a.sin, l, a.q + dst, hd);
+      rope_row(src + D + h * hd, a.cos, a.sin, l, a.k + dst, hd);
       copy(src + 2 * D + h * hd, a.v + dst, hd);
     }
   }
@@ -277,19 +286,15 @@ void rope_split_backward(const RopeSplitBackwardArgs& a, int64_t begin, int64_t 
   for (int64_t row = begin; row < end; ++row) {
     const int64_t b = row / L, l = row % L;
     float* out = a.gqkv + row * 3 * D;
-    const float* c = a.cos ? a.cos + l * hd : nullptr;
-    const float* s = a.sin ? a.sin + l * hd : nullptr;
     for (int64_t h = 0; h < H; ++h) {
       const int64_t src = ((b * H + h) * L + l) * hd;
       const float* parts[2] = {a.gq, a.gk};
       for (int p = 0; p < 2; ++p) {
         float* dst = out + p * D + h * hd;
-        if (!parts[p])
-          zero(dst, hd);
-        else if (c)
-          rotate_back(parts[p] + src, c, s, dst, hd);
+        if (parts[p])
+          rope_row_back(parts[p] + src, a.cos, a.sin, l, dst, hd);
         else
-          copy(parts[p] + src, dst, hd);
+          zero(dst, hd);
       }
       if (a.gv)
         copy(a.gv + src, out + 2 * D + h * hd, hd);
@@ -507,14 +512,7 @@ template <int R>
 void attention_rows(const AttentionArgs& a, AttentionScratch& w, const float* base, int64_t h, int64_t i0, float* out,
                     float* probs, NextRows& next) {
   const int64_t hd = a.hd, D = a.heads * hd, ld = 3 * D, L = a.L, Lp = round_up(L, W), hdp = round_up(hd, W);
-  for (int r = 0; r < R; ++r) {
-    const int64_t i = i0 + r;
-    const float* src = base + i * ld + h * hd;
-    if (a.cos)
-      rotate(src, a.cos + i * hd, a.sin + i * hd, w.q.data() + r * hd, hd);
-    else
-      copy(src, w.q.data() + r * hd, hd);
-  }
+  for (int r = 0; r < R; ++r) rope_row(base + (i0 + r) * ld + h * hd, a.cos, a.sin, i0 + r, w.q.data() + r * hd, hd);
   float* s = w.s.data();
   auto prefetch_one = [&] { next.one(); };
   product_rows<R>(w.q.data(), hd, 1, w.kt.data(), Lp, hd, Lp, s, Lp, nullptr, prefetch_one);
@@ -562,11 +560,7 @@ void attention(const AttentionArgs& a, int64_t begin, int64_t end) {
           zero(row, hd);
           continue;
         }
-        const float* k = base + j * ld + D + h * hd;
-        if (a.cos)
-          rotate(k, a.cos + j * hd, a.sin + j * hd, row, hd);
-        else
-          copy(k, row, hd);
+        rope_row(base + j * ld + D + h * hd, a.cos, a.sin, j, row, hd);
         copy(base + j * ld + 2 * D + h * hd, w.vb.data() + j * hdp, hd);
       }
       transpose_rows(w.row.data(), hd, w.kt.data() + j0, Lp);
@@ -624,13 +618,8 @@ void attention_backward(const AttentionBackwardArgs& a, int64_t begin, int64_t e
           continue;
         }
         const float* src = base + j * ld + h * hd;
-        if (a.cos) {
-          rotate(src, a.cos + j * hd, a.sin + j * hd, w.qr.data() + j * hdp, hd);
-          rotate(src + D, a.cos + j * hd, a.sin + j * hd, w.kr.data() + j * hdp, hd);
-        } else {
-          copy(src, w.qr.data() + j * hdp, hd);
-          copy(src + D, w.kr.data() + j * hdp, hd);
-        }
+        rope_row(src, a.cos, a.sin, j, w.qr.data() + j * hdp, hd);
+        rope_row(src + D, a.cos, a.sin, j, w.kr.data() + j * hdp, hd);
         copy(src + 2 * D, vrow, hd);
         copy(gout + j * D, w.go.data() + j * hdp, hd);
       }
@@ -661,11 +650,7 @@ void attention_backward(const AttentionBackwardArgs& a, int64_t begin, int64_t e
     // dQ = dS K and dK = dS^T Q through a row of scratch, rotated back into place; dV = P^T dO
     // straight into place.
     auto place = [&](const float* g, int64_t j, int64_t part) {
-      float* dst = gbase + j * ld + part * D;
-      if (a.cos)
-        rotate_back(g, a.cos + j * hd, a.sin + j * hd, dst, hd);
-      else
-        copy(g, dst, hd);
+      rope_row_back(g, a.cos, a.sin, j, gbase + j * ld + part * D, hd);
     };
     row_blocks(L, [&](auto rows, int64_t i0) {
       constexpr int R = decltype(rows)::value;

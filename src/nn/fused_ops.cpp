@@ -123,6 +123,9 @@ struct SwigluFn : public torch::autograd::Function<SwigluFn> {
 
 // ---- split into heads + RoPE ------------------------------------------------------------------
 
+// The data of an optional float tensor (RoPE's tables, a gradient that may be absent), or null.
+const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
+
 bool rope_tables_fit(const at::Tensor& cos, const at::Tensor& sin, int64_t L, int64_t hd) {
   if (!cos.defined() && !sin.defined()) return true;
   auto ok = [&](const at::Tensor& t) {
@@ -139,8 +142,8 @@ variable_list split_heads_rope_run(const at::Tensor& qkv, int64_t heads, const a
   auto q = at::empty({B, heads, L, hd}, in.options());
   auto k = at::empty_like(q), v = at::empty_like(q);
   const RopeSplitArgs args{in.const_data_ptr<float>(),
-                           cos.defined() ? cos.const_data_ptr<float>() : nullptr,
-                           sin.defined() ? sin.const_data_ptr<float>() : nullptr,
+                           data_or_null(cos),
+                           data_or_null(sin),
                            q.data_ptr<float>(),
                            k.data_ptr<float>(),
                            v.data_ptr<float>(),
@@ -182,9 +185,9 @@ struct SplitHeadsRopeFn : public torch::autograd::Function<SplitHeadsRopeFn> {
     if (hd == 0) return {at::Tensor(), at::Tensor(), at::Tensor()};
     auto opts = (g[0].defined() ? g[0] : g[1].defined() ? g[1] : g[2]).options();
     auto gqkv = at::empty({B, L, 3 * heads * hd}, opts);
-    auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; };
-    const RopeSplitBackwardArgs args{ptr(g[0]),  ptr(g[1]), ptr(g[2]), ptr(cos), ptr(sin), gqkv.data_ptr<float>(),
-                                     L,          heads,     hd};
+    const RopeSplitBackwardArgs args{data_or_null(g[0]), data_or_null(g[1]), data_or_null(g[2]),
+                                     data_or_null(cos),  data_or_null(sin),  gqkv.data_ptr<float>(),
+                                     L,                  heads,              hd};
     const auto& kern = table();
     parallel_rows(B * L, 3 * heads * hd, [&](int64_t b, int64_t e) { kern.rope_split_backward(args, b, e); });
     return {gqkv, at::Tensor(), at::Tensor()};
@@ -229,18 +232,21 @@ struct ScaledSoftmaxFn : public torch::autograd::Function<ScaledSoftmaxFn> {
 
 // ---- attention (RoPE, q k^T, softmax, p v) with autograd -----------------------------------------
 
+// The scores' divisor, sqrt(head dim), for the forward and backward kernels alike.
+float attention_scale(int64_t hd) { return static_cast<float>(std::sqrt(static_cast<double>(hd))); }
+
 AttentionArgs attention_args(const at::Tensor& in, int64_t heads, const at::Tensor& cos, const at::Tensor& sin,
                              at::Tensor& out, int64_t q_len) {
-  const int64_t D = in.size(2) / 3, hd = D / heads;
+  const int64_t hd = in.size(2) / 3 / heads;
   return AttentionArgs{in.const_data_ptr<float>(),
-                       cos.defined() ? cos.const_data_ptr<float>() : nullptr,
-                       sin.defined() ? sin.const_data_ptr<float>() : nullptr,
+                       data_or_null(cos),
+                       data_or_null(sin),
                        out.data_ptr<float>(),
                        in.size(1),
                        q_len,
                        heads,
                        hd,
-                       static_cast<float>(std::sqrt(static_cast<double>(hd)))};
+                       attention_scale(hd)};
 }
 
 // The forward kernel keeps the probabilities [B, heads, L, L] (a fifth of the size of the chain's
@@ -262,24 +268,24 @@ struct AttentionFn : public torch::autograd::Function<AttentionFn> {
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
     const auto saved = ctx->get_saved_variables();
     const auto &in = saved[0], &probs = saved[1];
     const int64_t heads = ctx->saved_data["heads"].toInt();
     const auto cos = ctx->saved_data["cos"].toTensor(), sin = ctx->saved_data["sin"].toTensor();
-    if (!grads[0].defined()) return {at::Tensor(), at::Tensor(), at::Tensor()};
     const auto gout = grads[0].contiguous();
     const int64_t B = in.size(0), L = in.size(1), hd = in.size(2) / 3 / heads;
     auto gqkv = at::empty(in.sizes(), in.options());
     const AttentionBackwardArgs args{in.const_data_ptr<float>(),
-                                     cos.defined() ? cos.const_data_ptr<float>() : nullptr,
-                                     sin.defined() ? sin.const_data_ptr<float>() : nullptr,
+                                     data_or_null(cos),
+                                     data_or_null(sin),
                                      probs.const_data_ptr<float>(),
                                      gout.const_data_ptr<float>(),
                                      gqkv.data_ptr<float>(),
                                      L,
                                      heads,
                                      hd,
-                                     static_cast<float>(std::sqrt(static_cast<double>(hd)))};
+                                     attention_scale(hd)};
     const auto& kern = table();
     at::parallel_for(0, B * heads, 1, [&](int64_t b, int64_t e) { kern.attention_backward(args, b, e); });
     return {gqkv, at::Tensor(), at::Tensor()};
