@@ -4,6 +4,7 @@
 #include <hrmclara/errors.h>
 #include <hrmclara/hrm.h>
 
+#include "nn/fused_ops.h"
 #include "nn/transformer_ops.h"
 
 #include <hrmclara/reasoning_layers.h>
@@ -331,6 +332,8 @@ std::pair<Carry, Outputs> PuzzleModelImpl::forward(const Carry& carry, const Bat
     next.current.labels = torch::where(row, batch.labels, carry.current.labels);
     next.current.puzzle_identifiers = torch::where(halted, batch.puzzle_identifiers, carry.current.puzzle_identifiers);
   }
+  // Every weight runs 4-8 times in one step (the recurrence and the target pass): packed once.
+  nn::fused::PackedWeightScope packed_weights;
   Outputs out;
   std::tie(next.z_H, next.z_L, out.logits, out.q_halt_logits, out.q_continue_logits) =
       inner_forward(next.z_H, next.z_L, next.current);

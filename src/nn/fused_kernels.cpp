@@ -460,6 +460,77 @@ void product_rows(const float* a, int64_t a_row, int64_t a_k, const float* b, in
   }
 }
 
+// ---- linear layers ------------------------------------------------------------------------------
+
+// y = x w^T with w packed into panels of two vectors' columns: the micro-kernel above reads a
+// panel's k-th row as two consecutive vectors, and x's rows in place (contiguous in k: no packing
+// of the activations). The panels of one chunk of columns (kLinearChunkBytes of packed weight, so
+// that it stays in L2) are swept by every block of rows before the next chunk. Each output is one
+// FMA chain over k in order, and is written once: no zeroing pass over y and no copies of x, on
+// which MKL's sgemm spent about a tenth of its time in the HRM bench step (K = 256 or 768, M in
+// the thousands; perf: mscale and scopy).
+constexpr int64_t kLinearPanel = 2 * W;
+constexpr int64_t kLinearChunkBytes = 256 * 1024;
+
+void pack_linear_weight(const float* w, int64_t n, int64_t k, float* packed) {
+  for (int64_t p = 0; p * kLinearPanel < n; ++p) {
+    float* dst = packed + p * k * kLinearPanel;
+    const float* src = w + p * kLinearPanel * k;
+    const int64_t cols = std::min<int64_t>(kLinearPanel, n - p * kLinearPanel);
+    for (int64_t i = 0; i < k; ++i) {
+      for (int64_t j = 0; j < cols; ++j) dst[i * kLinearPanel + j] = src[j * k + i];
+      for (int64_t j = cols; j < kLinearPanel; ++j) dst[i * kLinearPanel + j] = 0.0f;
+    }
+  }
+}
+
+// Blocks of rows [begin, end) against chunks of `panels` panels (of `panel_floats` each):
+// f(rows constant, first row, panel).
+template <class F>
+void linear_sweep(int64_t begin, int64_t end, int64_t panels, int64_t panel_floats, const F& f) {
+  const int64_t chunk = std::max<int64_t>(1, kLinearChunkBytes / (panel_floats * static_cast<int64_t>(sizeof(float))));
+  for (int64_t p0 = 0; p0 < panels; p0 += chunk) {
+    const int64_t p1 = std::min(panels, p0 + chunk);
+    row_blocks(end - begin, [&](auto rows, int64_t i) {
+      for (int64_t p = p0; p < p1; ++p) f(rows, begin + i, p);
+    });
+  }
+}
+
+void linear(const LinearArgs& a, int64_t begin, int64_t end) {
+  const int64_t panels = (a.n + kLinearPanel - 1) / kLinearPanel;
+  linear_sweep(begin, end, panels, a.k * kLinearPanel, [&](auto rows, int64_t i, int64_t p) {
+    constexpr int R = decltype(rows)::value;
+    Vec acc[R][2];
+    tile_products<R, 2>(a.x + i * a.ldx, a.ldx, 1, a.packed + p * a.k * kLinearPanel, kLinearPanel, a.k, acc);
+    float* y = a.y + i * a.n;
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < 2; ++v) {
+        const int64_t c = p * kLinearPanel + v * W, cols = std::min<int64_t>(W, a.n - c);
+        if (cols >= W)
+          acc[r][v].store(y + r * a.n + c);
+        else if (cols > 0)
+          acc[r][v].store(y + r * a.n + c, static_cast<int>(cols));
+      }
+  });
+}
+
+void linear_swiglu(const LinearArgs& a, int64_t begin, int64_t end) {
+  const int64_t panels = a.n / kLinearPanel;  // of the gate half; the up half's follow
+  linear_sweep(begin, end, panels, 2 * a.k * kLinearPanel, [&](auto rows, int64_t i, int64_t p) {
+    constexpr int R = decltype(rows)::value;
+    const float* x = a.x + i * a.ldx;
+    Vec acc[R][2], act[R][2];  // (act lives on the stack: the up tile needs the registers)
+    tile_products<R, 2>(x, a.ldx, 1, a.packed + p * a.k * kLinearPanel, kLinearPanel, a.k, acc);
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < 2; ++v) act[r][v] = silu(acc[r][v]);
+    tile_products<R, 2>(x, a.ldx, 1, a.packed + (p + panels) * a.k * kLinearPanel, kLinearPanel, a.k, acc);
+    float* y = a.y + i * a.n + p * kLinearPanel;
+    for (int r = 0; r < R; ++r)
+      for (int v = 0; v < 2; ++v) (act[r][v] * acc[r][v]).store(y + r * a.n + v * W);
+  });
+}
+
 // Keys are transposed kKeyRows at a time: dst[d * ld_dst + r] = src[r * hd + d] for r < 8, d < hd.
 constexpr int64_t kKeyRows = 8;
 
@@ -711,6 +782,10 @@ const Kernels& HRMCLARA_PASTE(kernels_, HRMCLARA_FUSED_CAP)() {
                              scaled_softmax_backward,
                              attention,
                              attention_backward,
+                             kLinearPanel,
+                             pack_linear_weight,
+                             linear,
+                             linear_swiglu,
                              adam_atan2};
   return table;
 }

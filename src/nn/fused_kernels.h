@@ -63,6 +63,16 @@ struct AttentionBackwardArgs {
   float scale;
 };
 
+struct LinearArgs {
+  // y [rows, n] = x [rows, k] w^T for w [n, k] packed by pack_linear_weight: panels of
+  // linear_panel columns, panel p holding w[p * linear_panel + j][i] at [p][i][j] (zero past n).
+  // x's rows are ldx apart (>= k), y's are contiguous.
+  const float* x;
+  const float* packed;
+  float* y;
+  int64_t k, n, ldx;
+};
+
 struct AdamAtan2Args {
   float* param;
   const float* grad;
@@ -101,6 +111,16 @@ struct Kernels {
   void (*attention)(const AttentionArgs& a, int64_t begin, int64_t end);
   // The same pairs: the gradient of the above with respect to qkv (Lq = L).
   void (*attention_backward)(const AttentionBackwardArgs& a, int64_t begin, int64_t end);
+  // Columns per panel of a packed linear weight (two vectors), and the packing itself: w [n, k]
+  // into ceil(n / linear_panel) panels of k * linear_panel floats.
+  int64_t linear_panel;
+  void (*pack_linear_weight)(const float* w, int64_t n, int64_t k, float* packed);
+  // Rows [begin, end) of the product above.
+  void (*linear)(const LinearArgs& a, int64_t begin, int64_t end);
+  // Rows [begin, end) of SwiGLU's gate_up projection and activation in one: y [rows, n] =
+  // silu(x wg^T) * (x wu^T) for w = [wg; wu] [2n, k] packed as above, n a multiple of linear_panel
+  // (gate panel p pairs with up panel p + n / linear_panel). Rounds as linear then swiglu do.
+  void (*linear_swiglu)(const LinearArgs& a, int64_t begin, int64_t end);
   // Elements [begin, end) of one parameter: AdamATan2's update (src/train/optimizers.cpp).
   void (*adam_atan2)(const AdamAtan2Args& a, int64_t begin, int64_t end);
 };

@@ -60,6 +60,37 @@ at::Tensor scaled_softmax(const at::Tensor& scores, double scale);
 // so it agrees with the chain to rounding.
 at::Tensor attention(const at::Tensor& qkv, int64_t heads, const at::Tensor& cos, const at::Tensor& sin, int64_t q_len);
 
+// x [..., k] w^T for w [n, k], no bias: the layers' linear product. Inside a PackedWeightScope, for
+// float32 CPU tensors with the fused kernels on and ATen's AVX2 table in use, the forward runs on
+// the kernels' own GEMM (fused_kernels.cpp: linear) against a copy of w packed once per scope;
+// everywhere else it is at::linear (MKL). Differentiable; the backward is at::linear's (the same
+// MKL products, so the gradients of a given forward are bit for bit the same either way). The
+// forward's terms are added in another order than MKL's, so it agrees with at::linear to rounding.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w);
+// The kernels' GEMM whatever the CPU and scope (w packed on every call): for the tests.
+at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& w);
+
+// swiglu(linear(x, w)) for SwiGLU's gate_up weight w [2I, k]. Without grad mode, where linear()
+// would run on the kernels' GEMM (and I is whole panels), one kernel computes each tile of gate and
+// up and writes silu(gate) * up: the [..., 2I] projection is never stored. The same rounding as
+// the two ops.
+at::Tensor gate_up_swiglu(const at::Tensor& x, const at::Tensor& w);
+// That kernel whatever the CPU and scope, without autograd: for the tests.
+at::Tensor gate_up_swiglu_packed(const at::Tensor& x, const at::Tensor& w);
+
+// While one is alive on a thread, linear() keeps each weight's packed copy for reuse: one HRM
+// training step runs every weight 4-8 times (the recurrence and the target pass), packing it once.
+// A weight is repacked when its storage or version counter changed. Meant to span one forward
+// pass, during which the weights do not change; the copies are dropped when the outermost scope
+// ends.
+class PackedWeightScope {
+ public:
+  PackedWeightScope();
+  ~PackedWeightScope();
+  PackedWeightScope(const PackedWeightScope&) = delete;
+  PackedWeightScope& operator=(const PackedWeightScope&) = delete;
+};
+
 // The plain forms (the references of the tests).
 namespace plain {
 at::Tensor add_rms_norm(const at::Tensor& x, const at::Tensor& r, double eps);

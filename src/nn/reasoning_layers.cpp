@@ -59,7 +59,8 @@ CastedLinearImpl::CastedLinearImpl(int64_t in, int64_t out, bool with_bias) {
 
 torch::Tensor CastedLinearImpl::forward(const torch::Tensor& x) {
   const auto dtype = x.scalar_type();
-  return F::linear(x, weight.to(dtype), bias.defined() ? bias.to(dtype) : torch::Tensor());
+  if (!bias.defined()) return fused::linear(x, weight.to(dtype));
+  return F::linear(x, weight.to(dtype), bias.to(dtype));
 }
 
 CastedEmbeddingImpl::CastedEmbeddingImpl(int64_t num, int64_t dim, double init_std) {
@@ -134,8 +135,10 @@ SwiGLUImpl::SwiGLUImpl(int64_t hidden, int64_t intermediate) {
 }
 
 torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
-  // Without autograd (most of the recurrence) the activation overwrites the projection's gate half
-  // in place: no new intermediate-sized tensor.
+  // Without autograd (most of the recurrence) the activation is computed tile by tile with the
+  // projection (or overwrites the projection's gate half in place): no new [..., 2I] tensor.
+  if (!torch::GradMode::is_enabled() && !gate_up_proj->bias.defined())
+    return down_proj(fused::gate_up_swiglu(x, gate_up_proj->weight.to(x.scalar_type())));
   return down_proj(fused::swiglu(gate_up_proj(x)));
 }
 

@@ -30,6 +30,9 @@
 // - whole blocks (attention, and TRM's token mixing), fused against plain: 1e-5, forward and
 //   gradients (measured 4.8e-7): the per-op differences pass through matmuls and two norms.
 // - AdamATan2: parameters 1e-6 (measured 2.7e-8; bitwise with AVX2 kernels), see that test.
+// - linear (the kernels' GEMM, x w^T): against the float64 product, no worse than at::linear's
+//   (MKL) error plus 2e-6 relative (measured 8.1e-7; see kLinearTol); its gradients are
+//   at::linear's products, bit for bit.
 #include <hrmclara/optim.h>
 #include <hrmclara/reasoning_layers.h>
 
@@ -62,6 +65,10 @@ constexpr double kAttentionTol = 2e-6;
 // Its gradient: the same reordered sums, then the softmax backward's cancellation (kSoftmaxGradTol)
 // and two more products.
 constexpr double kAttentionGradTol = 4e-6;
+// The kernels' GEMM adds each output's k products in one FMA chain, in order; MKL splits them into
+// several partial sums for some shapes, which is more accurate by up to ~k/2 ulps of the partial
+// sums (measured 8.1e-7 relative over MKL's own error at k = 700).
+constexpr double kLinearTol = 2e-6;
 
 // The largest error seen per op, printed at the end of the suite (the figures in the header).
 std::map<std::string, double>& measured() {
@@ -546,6 +553,97 @@ TEST(FusedOps, TokenMixingBlockMatchesThePlainChains) {
   o.num_heads = 1;
   o.token_mlp_len = 11;
   expect_block_matches_plain(o, 3, 11, false);
+}
+
+// ---- linear ----------------------------------------------------------------------------------------
+
+TEST(FusedOps, LinearOnTheKernelsGemmIsAsAccurateAsMkl) {
+  torch::manual_seed(12);
+  // Rows around the micro-kernel's block of 6, columns around the panel (2 vectors) and the
+  // chunk of panels the kernel sweeps at a time (k = 700: a chunk of under 16 columns).
+  for (const int64_t rows : {1, 5, 6, 7, 13, 100})
+    for (const int64_t k : {1, 7, 33, 256, 700})
+      for (const int64_t n : {1, 11, 16, 17, 40, 96}) {
+        const auto x = random({rows, k}, rows % 2 == 0), w = random({n, k}, k % 2 == 1);
+        const auto ours = fused::linear_packed(x, w), mkl = at::linear(x, w);
+        const auto truth = at::linear(x.to(torch::kDouble), w.to(torch::kDouble));
+        ASSERT_EQ(ours.sizes(), mkl.sizes());
+        const double err = rel_error(ours.to(torch::kDouble), truth), mkl_err = rel_error(mkl.to(torch::kDouble), truth);
+        record("linear (vs float64, over MKL's)", err - mkl_err);
+        EXPECT_LE(err, mkl_err + kLinearTol) << rows << "x" << k << " n " << n;
+      }
+  // Batched rows [B, L, k], as the layers call it; rows read in place one stride apart (the
+  // no-grad SwiGLU's gate half of gate_up), and views whose rows are not evenly spaced.
+  const auto w = torch::randn({48, 64});
+  const auto base = torch::randn({3, 11, 128}), wide = torch::randn({3, 12, 64});
+  for (const auto& x : {torch::randn({3, 11, 64}), base.narrow(-1, 0, 64), base.narrow(-1, 64, 64),
+                        wide.narrow(1, 1, 10), wide.narrow(1, 0, 1), base.narrow(0, 1, 1).narrow(-1, 3, 64),
+                        torch::randn({11, 3, 64}).transpose(0, 1), torch::randn({3, 64, 11}).transpose(1, 2)}) {
+    const auto ours = fused::linear_packed(x, w);
+    auto sizes = x.sizes().vec();
+    sizes.back() = 48;
+    ASSERT_EQ(ours.sizes(), sizes);
+    EXPECT_LE(rel_error(ours, at::linear(x, w)), kLinearTol) << x.sizes() << " " << x.strides();
+  }
+}
+
+TEST(FusedOps, LinearGradientsAreAtenLinearsBitForBit) {
+  torch::manual_seed(13);
+  const auto x0 = torch::randn({2, 13, 40}), w0 = torch::randn({24, 40}), gy = torch::randn({2, 13, 24});
+  auto grads = [&](bool packed) {
+    auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+    const auto y = packed ? fused::linear_packed(x, w) : at::linear(x, w);
+    y.backward(gy);
+    return std::make_pair(x.grad(), w.grad());
+  };
+  const auto [gx, gw] = grads(true);
+  const auto [px, pw] = grads(false);
+  EXPECT_TRUE(gx.equal(px));
+  EXPECT_TRUE(gw.equal(pw));
+}
+
+TEST(FusedOps, LinearReusesPackedWeightsOnlyWhileTheyAreUnchanged) {
+  torch::manual_seed(14);
+  const auto x = torch::randn({4, 9, 32});
+  auto w = torch::randn({16, 32});
+  // Outside a scope: at::linear itself.
+  EXPECT_TRUE(fused::linear(x, w).equal(at::linear(x, w)));
+  const bool kernels_gemm = std::string(fused::capability()) == "avx2";
+  fused::PackedWeightScope scope;
+  const auto first = fused::linear(x, w);
+  EXPECT_TRUE(first.equal(kernels_gemm ? fused::linear_packed(x, w) : at::linear(x, w)));
+  EXPECT_TRUE(fused::linear(x, w).equal(first));  // the cached copy
+  // Changed in place (the version counter moves) and replaced: never the stale copy.
+  w.mul_(-2.0);
+  EXPECT_LE(rel_error(fused::linear(x, w), -2.0 * first), kLinearTol);
+  w = torch::randn({16, 32});
+  EXPECT_LE(rel_error(fused::linear(x, w), at::linear(x, w)), kLinearTol);
+  {
+    FusedScope off(false);
+    EXPECT_TRUE(fused::linear(x, w).equal(at::linear(x, w)));
+  }
+}
+
+TEST(FusedOps, GateUpSwigluKernelRoundsAsLinearThenSwiglu) {
+  torch::manual_seed(15);
+  torch::NoGradGuard no_grad;
+  const int64_t panel = std::string(fused::capability()) == "avx512" ? 32 : 16;
+  for (const int64_t rows : {1, 7, 50})
+    for (const int64_t inter : {panel, 3 * panel}) {
+      const auto w = torch::randn({2 * inter, 40}) * 0.3;
+      const auto base = torch::randn({rows, 2, 40});
+      for (const auto& x : {base.select(1, 0), base.select(1, 1).contiguous()}) {
+        const auto fused_out = fused::gate_up_swiglu_packed(x, w);
+        // The same GEMM's tiles, then the same activation: bit for bit.
+        EXPECT_TRUE(fused_out.equal(fused::swiglu(fused::linear_packed(x, w)))) << rows << " " << inter;
+        EXPECT_LE(rel_error(fused_out, fused::plain::swiglu(at::linear(x, w))), kLinearTol);
+      }
+    }
+  // Halves that are not whole panels: refused by the kernel, computed by the two ops in a scope.
+  const auto x = torch::randn({5, 24}), w = torch::randn({2 * (panel + 3), 24});
+  EXPECT_THROW(fused::gate_up_swiglu_packed(x, w), std::invalid_argument);
+  fused::PackedWeightScope scope;
+  EXPECT_LE(rel_error(fused::gate_up_swiglu(x, w), fused::plain::swiglu(at::linear(x, w))), kLinearTol);
 }
 
 // ---- AdamATan2 -------------------------------------------------------------------------------------
