@@ -77,6 +77,8 @@ class AttentionImpl : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
   // The output at position 0 only, [B, 1, D]: its query over every position's keys and values.
   torch::Tensor forward_first(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
+  // forward() before the output projection: the heads' outputs [B, L, D].
+  torch::Tensor heads_output(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin);
   int64_t heads, head_dim;
   CastedLinear qkv_proj{nullptr}, o_proj{nullptr};
 
@@ -91,6 +93,8 @@ class SwiGLUImpl : public torch::nn::Module {
  public:
   SwiGLUImpl(int64_t hidden, int64_t intermediate);
   torch::Tensor forward(const torch::Tensor& x);
+  // forward() before the down projection: silu(gate) * up [..., intermediate].
+  torch::Tensor activation(const torch::Tensor& x);
   CastedLinear gate_up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(SwiGLU);

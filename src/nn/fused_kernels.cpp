@@ -531,6 +531,19 @@ void linear_swiglu(const LinearArgs& a, int64_t begin, int64_t end) {
   });
 }
 
+// Rows per product-then-norm group: their y ([48, n], 48 KB for n = 256) is still in L2 when the
+// norm reads it back, and the packed weight is swept once per group (from L3 when it outgrows L2,
+// as the down projection's 768 KB does).
+constexpr int64_t kLinearNormRows = 8 * kQueryRows;
+
+void linear_add_rms_norm(const LinearArgs& a, int64_t begin, int64_t end) {
+  for (int64_t g = begin; g < end; g += kLinearNormRows) {
+    const int64_t e = std::min(end, g + kLinearNormRows);
+    linear(a, g, e);
+    add_rms_norm(a.residual, a.y, a.y, nullptr, a.n, a.eps, g, e);
+  }
+}
+
 // Keys are transposed kKeyRows at a time: dst[d * ld_dst + r] = src[r * hd + d] for r < 8, d < hd.
 constexpr int64_t kKeyRows = 8;
 
@@ -786,6 +799,7 @@ const Kernels& HRMCLARA_PASTE(kernels_, HRMCLARA_FUSED_CAP)() {
                              pack_linear_weight,
                              linear,
                              linear_swiglu,
+                             linear_add_rms_norm,
                              adam_atan2};
   return table;
 }

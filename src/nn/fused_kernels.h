@@ -71,6 +71,9 @@ struct LinearArgs {
   const float* packed;
   float* y;
   int64_t k, n, ldx;
+  // For linear_add_rms_norm: [rows, n], contiguous, not y.
+  const float* residual = nullptr;
+  float eps = 0.0f;
 };
 
 struct AdamAtan2Args {
@@ -121,6 +124,9 @@ struct Kernels {
   // silu(x wg^T) * (x wu^T) for w = [wg; wu] [2n, k] packed as above, n a multiple of linear_panel
   // (gate panel p pairs with up panel p + n / linear_panel). Rounds as linear then swiglu do.
   void (*linear_swiglu)(const LinearArgs& a, int64_t begin, int64_t end);
+  // Rows [begin, end) of y = add_rms_norm(residual, x w^T) (the product, then add_rms_norm above
+  // with x = residual, r = y = the product, no rstd): the same bits as the two calls.
+  void (*linear_add_rms_norm)(const LinearArgs& a, int64_t begin, int64_t end);
   // Elements [begin, end) of one parameter: AdamATan2's update (src/train/optimizers.cpp).
   void (*adam_atan2)(const AdamAtan2Args& a, int64_t begin, int64_t end);
 };

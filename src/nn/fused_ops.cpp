@@ -200,6 +200,27 @@ at::Tensor gate_up_swiglu_run(const at::Tensor& x, const at::Tensor& packed, int
   return y;
 }
 
+bool residual_fits(const at::Tensor& x, const at::Tensor& w, const at::Tensor& residual) {
+  if (!fusable(residual) || !residual.is_contiguous() || residual.dim() != x.dim()) return false;
+  for (int64_t i = 0; i + 1 < x.dim(); ++i)
+    if (residual.size(i) != x.size(i)) return false;
+  return residual.size(-1) == w.size(0);
+}
+
+at::Tensor linear_add_rms_norm_run(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& residual,
+                                   double eps) {
+  int64_t ldx = 0;
+  const auto xc = rows_of_x(x, ldx);
+  const int64_t k = xc.size(-1), n = residual.size(-1), rows = rows_of(xc);
+  auto y = at::empty(residual.sizes(), residual.options());
+  LinearArgs args{xc.const_data_ptr<float>(), packed.const_data_ptr<float>(), y.data_ptr<float>(), k, n, ldx};
+  args.residual = residual.const_data_ptr<float>();
+  args.eps = static_cast<float>(eps);
+  const auto& kern = table();
+  for_row_blocks(rows, [&](int64_t b, int64_t e) { kern.linear_add_rms_norm(args, b, e); });
+  return y;
+}
+
 struct PackedLinearFn : public torch::autograd::Function<PackedLinearFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& w, const at::Tensor& packed) {
     ctx->save_for_backward({x, w});
@@ -631,6 +652,23 @@ at::Tensor gate_up_swiglu_packed(const at::Tensor& x, const at::Tensor& w) {
     throw std::invalid_argument("gate_up_swiglu_packed: float32 CPU x [..., k] and w [2n, k], n whole panels, expected");
   at::NoGradGuard no_grad;
   return gate_up_swiglu_run(x, pack_weight(w), w.size(0) / 2);
+}
+
+at::Tensor linear_add_rms_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& residual, double eps) {
+  if (at::GradMode::is_enabled() || !packed_linear_applies(x, w) || !residual_fits(x, w, residual)) {
+    auto y = fused::linear(x, w);
+    return add_rms_norm_(y, residual, y, eps);
+  }
+  RECORD_FUNCTION("hrmclara::linear_add_rms_norm", std::vector<c10::IValue>());  // (seen by hrm_bench --profile)
+  return linear_add_rms_norm_run(x, packed_copy(w), residual, eps);
+}
+
+at::Tensor linear_add_rms_norm_packed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& residual, double eps) {
+  if (!fusable(x) || !fusable(w) || x.dim() < 2 || w.dim() != 2 || x.size(-1) != w.size(1) ||
+      !residual_fits(x, w, residual))
+    throw std::invalid_argument("linear_add_rms_norm_packed: float32 CPU x [..., k], w [n, k], residual [..., n] expected");
+  at::NoGradGuard no_grad;
+  return linear_add_rms_norm_run(x, pack_weight(w), residual, eps);
 }
 
 at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& w) {

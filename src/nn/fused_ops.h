@@ -1,4 +1,5 @@
-// Fused CPU kernels for the element-wise chains of the HRM/TRM layers (reasoning_layers.cpp), with
+// Fused CPU kernels for the element-wise chains of the HRM/TRM layers (reasoning_layers.cpp), and
+// their linear layers on the kernels' own GEMM (with the chains that follow fused in), with
 // autograd support. Internal to the library.
 //
 // Each op has a plain form: the ATen op chain the layers used before, kept here as the reference
@@ -77,6 +78,14 @@ at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& w);
 at::Tensor gate_up_swiglu(const at::Tensor& x, const at::Tensor& w);
 // That kernel whatever the CPU and scope, without autograd: for the tests.
 at::Tensor gate_up_swiglu_packed(const at::Tensor& x, const at::Tensor& w);
+
+// Without autograd: add_rms_norm_(y, residual, y, eps) of y = linear(x, w), the post-norm
+// sublayer's output projection, residual and norm. Where linear() would run on the kernels' GEMM
+// (and residual is a contiguous float32 tensor of y's shape), one kernel does both, a group of
+// rows at a time: the same bits as the two calls, one pass over memory fewer.
+at::Tensor linear_add_rms_norm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& residual, double eps);
+// That kernel whatever the CPU and scope: for the tests.
+at::Tensor linear_add_rms_norm_packed(const at::Tensor& x, const at::Tensor& w, const at::Tensor& residual, double eps);
 
 // While one is alive on a thread, linear() keeps each weight's packed copy for reuse: one HRM
 // training step runs every weight 4-8 times (the recurrence and the target pass), packing it once.

@@ -105,7 +105,11 @@ AttentionImpl::AttentionImpl(int64_t hidden, int64_t n_heads) : heads(n_heads), 
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  return o_proj(mix(qkv_proj(x), cos, sin, x.size(1)));
+  return o_proj(heads_output(x, cos, sin));
+}
+
+torch::Tensor AttentionImpl::heads_output(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  return mix(qkv_proj(x), cos, sin, x.size(1));
 }
 
 torch::Tensor AttentionImpl::forward_first(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
@@ -134,12 +138,14 @@ SwiGLUImpl::SwiGLUImpl(int64_t hidden, int64_t intermediate) {
   down_proj = register_module("down_proj", CastedLinear(intermediate, hidden, false));
 }
 
-torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) {
+torch::Tensor SwiGLUImpl::forward(const torch::Tensor& x) { return down_proj(activation(x)); }
+
+torch::Tensor SwiGLUImpl::activation(const torch::Tensor& x) {
   // Without autograd (most of the recurrence) the activation is computed tile by tile with the
   // projection (or overwrites the projection's gate half in place): no new [..., 2I] tensor.
   if (!torch::GradMode::is_enabled() && !gate_up_proj->bias.defined())
-    return down_proj(fused::gate_up_swiglu(x, gate_up_proj->weight.to(x.scalar_type())));
-  return down_proj(fused::swiglu(gate_up_proj(x)));
+    return fused::gate_up_swiglu(x, gate_up_proj->weight.to(x.scalar_type()));
+  return fused::swiglu(gate_up_proj(x));
 }
 
 BlockImpl::BlockImpl(const BlockOptions& o) : eps(o.rms_norm_eps) {
@@ -154,20 +160,22 @@ torch::Tensor BlockImpl::forward(const torch::Tensor& x, const torch::Tensor& co
   // Post-norm, as upstream. TRM's token MLP mixes positions: it runs on x^T [B, D, L] and the norm
   // (over the last axis) is taken there too, i.e. over positions, as upstream does.
   if (!torch::GradMode::is_enabled()) {
-    // In place on the fresh sublayer outputs (a + x is x + a bit for bit).
+    // Each sublayer's output projection, residual add and norm in one (fused_ops.h; else in place
+    // on the fresh projection: a + x is x + a bit for bit).
+    const auto dtype = x.scalar_type();
     torch::Tensor h;
     if (mlp_t) {
       // x^T and h copied once each: the linear layers and the norm would each copy the strided
       // views otherwise.
       const auto xt = x.transpose(1, 2).contiguous();
-      auto mixed = mlp_t(xt);  // a fresh [B, D, L] tensor
-      h = fused::add_rms_norm_(mixed, xt, mixed, eps).transpose(1, 2).contiguous();
+      h = fused::linear_add_rms_norm(mlp_t->activation(xt), mlp_t->down_proj->weight.to(dtype), xt, eps)
+              .transpose(1, 2)
+              .contiguous();
     } else {
-      auto attn = self_attn(x, cos, sin);
-      h = fused::add_rms_norm_(attn, x, attn, eps);
+      h = fused::linear_add_rms_norm(self_attn->heads_output(x, cos, sin), self_attn->o_proj->weight.to(dtype), x,
+                                     eps);
     }
-    auto m = mlp(h);
-    return fused::add_rms_norm_(m, h, m, eps);
+    return fused::linear_add_rms_norm(mlp->activation(h), mlp->down_proj->weight.to(dtype), h, eps);
   }
   torch::Tensor h;
   if (mlp_t) {

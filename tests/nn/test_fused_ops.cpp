@@ -498,6 +498,9 @@ struct BlockRun {
 BlockRun run_block(Block& block, const torch::Tensor& x0, const torch::Tensor& cos, const torch::Tensor& sin,
                    bool fused_on, bool with_grad) {
   FusedScope scope(fused_on);
+  // As the models run their blocks: the linear layers on the kernels' GEMM where the CPU's table
+  // takes it (AVX2), with the no-grad forward's fused SwiGLU projection and output norms.
+  fused::PackedWeightScope packed;
   BlockRun r;
   if (!with_grad) {
     torch::NoGradGuard no_grad;
@@ -644,6 +647,24 @@ TEST(FusedOps, GateUpSwigluKernelRoundsAsLinearThenSwiglu) {
   EXPECT_THROW(fused::gate_up_swiglu_packed(x, w), std::invalid_argument);
   fused::PackedWeightScope scope;
   EXPECT_LE(rel_error(fused::gate_up_swiglu(x, w), fused::plain::swiglu(at::linear(x, w))), kLinearTol);
+}
+
+TEST(FusedOps, LinearAddRmsNormKernelRoundsAsTheTwoOps) {
+  torch::manual_seed(16);
+  torch::NoGradGuard no_grad;
+  // Rows around the kernel's groups of 48, widths around the vectors.
+  for (const int64_t rows : {1, 47, 48, 49, 101})
+    for (const int64_t n : {7, 16, 40}) {
+      const auto x = torch::randn({rows, 2, 33}).select(1, 1), w = torch::randn({n, 33}) * 0.2,
+                 residual = torch::randn({rows, n});
+      const auto fused_out = fused::linear_add_rms_norm_packed(x, w, residual, 1e-5);
+      auto y = fused::linear_packed(x, w);
+      EXPECT_TRUE(fused_out.equal(fused::add_rms_norm_(y, residual, y, 1e-5))) << rows << " " << n;
+      EXPECT_LE(rel_error(fused_out, fused::plain::add_rms_norm(residual, at::linear(x, w), 1e-5)), kLinearTol);
+    }
+  // A residual of another shape is refused, not read out of bounds.
+  EXPECT_THROW(fused::linear_add_rms_norm_packed(torch::randn({4, 8}), torch::randn({16, 8}), torch::randn({4, 8}), 1e-5),
+               std::invalid_argument);
 }
 
 // ---- AdamATan2 -------------------------------------------------------------------------------------
