@@ -60,6 +60,10 @@ void parallel_rows(int64_t rows, int64_t row_cost, const F& f) {
 
 int64_t rows_of(const at::Tensor& t) { return t.dim() == 0 ? 1 : t.numel() / t.size(-1); }
 
+// The data of an optional float tensor (RoPE's tables, a gradient that may be absent, a residual),
+// or null.
+const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
+
 // ---- add + RMSNorm ----------------------------------------------------------------------------
 
 void add_rms_norm_into(const at::Tensor& x, const at::Tensor& r, at::Tensor& y, float* rstd, double eps) {
@@ -174,30 +178,31 @@ at::Tensor rows_of_x(const at::Tensor& x, int64_t& ldx) {
   return stride > 0 ? x : x.contiguous();
 }
 
-at::Tensor linear_run(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+using LinearKernel = void (*)(const LinearArgs& a, int64_t begin, int64_t end);
+
+// y [..., n] from x [..., k] and a packed weight by one of the linear kernels (a residual [..., n]
+// and eps for linear_add_rms_norm).
+at::Tensor run_linear_kernel(LinearKernel kernel, const at::Tensor& x, const at::Tensor& packed, int64_t n,
+                             const at::Tensor& residual = at::Tensor(), double eps = 0.0) {
   int64_t ldx = 0;
   const auto xc = rows_of_x(x, ldx);
   const int64_t k = xc.size(-1), rows = rows_of(xc);
   auto sizes = xc.sizes().vec();
   sizes.back() = n;
   auto y = at::empty(sizes, xc.options());
-  const LinearArgs args{xc.const_data_ptr<float>(), packed.const_data_ptr<float>(), y.data_ptr<float>(), k, n, ldx};
-  const auto& kern = table();
-  for_row_blocks(rows, [&](int64_t b, int64_t e) { kern.linear(args, b, e); });
+  LinearArgs args{xc.const_data_ptr<float>(), packed.const_data_ptr<float>(), y.data_ptr<float>(), k, n, ldx};
+  args.residual = data_or_null(residual);
+  args.eps = static_cast<float>(eps);
+  for_row_blocks(rows, [&](int64_t b, int64_t e) { kernel(args, b, e); });
   return y;
 }
 
+at::Tensor linear_run(const at::Tensor& x, const at::Tensor& packed, int64_t n) {
+  return run_linear_kernel(table().linear, x, packed, n);
+}
+
 at::Tensor gate_up_swiglu_run(const at::Tensor& x, const at::Tensor& packed, int64_t inter) {
-  int64_t ldx = 0;
-  const auto xc = rows_of_x(x, ldx);
-  const int64_t k = xc.size(-1), rows = rows_of(xc);
-  auto sizes = xc.sizes().vec();
-  sizes.back() = inter;
-  auto y = at::empty(sizes, xc.options());
-  const LinearArgs args{xc.const_data_ptr<float>(), packed.const_data_ptr<float>(), y.data_ptr<float>(), k, inter, ldx};
-  const auto& kern = table();
-  for_row_blocks(rows, [&](int64_t b, int64_t e) { kern.linear_swiglu(args, b, e); });
-  return y;
+  return run_linear_kernel(table().linear_swiglu, x, packed, inter);
 }
 
 bool residual_fits(const at::Tensor& x, const at::Tensor& w, const at::Tensor& residual) {
@@ -209,16 +214,7 @@ bool residual_fits(const at::Tensor& x, const at::Tensor& w, const at::Tensor& r
 
 at::Tensor linear_add_rms_norm_run(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& residual,
                                    double eps) {
-  int64_t ldx = 0;
-  const auto xc = rows_of_x(x, ldx);
-  const int64_t k = xc.size(-1), n = residual.size(-1), rows = rows_of(xc);
-  auto y = at::empty(residual.sizes(), residual.options());
-  LinearArgs args{xc.const_data_ptr<float>(), packed.const_data_ptr<float>(), y.data_ptr<float>(), k, n, ldx};
-  args.residual = residual.const_data_ptr<float>();
-  args.eps = static_cast<float>(eps);
-  const auto& kern = table();
-  for_row_blocks(rows, [&](int64_t b, int64_t e) { kern.linear_add_rms_norm(args, b, e); });
-  return y;
+  return run_linear_kernel(table().linear_add_rms_norm, x, packed, residual.size(-1), residual, eps);
 }
 
 struct PackedLinearFn : public torch::autograd::Function<PackedLinearFn> {
@@ -277,9 +273,6 @@ at::Tensor packed_copy(const at::Tensor& w) {
 }
 
 // ---- split into heads + RoPE ------------------------------------------------------------------
-
-// The data of an optional float tensor (RoPE's tables, a gradient that may be absent), or null.
-const float* data_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr<float>() : nullptr; }
 
 bool rope_tables_fit(const at::Tensor& cos, const at::Tensor& sin, int64_t L, int64_t hd) {
   if (!cos.defined() && !sin.defined()) return true;
