@@ -531,6 +531,29 @@ void linear_swiglu(const LinearArgs& a, int64_t begin, int64_t end) {
   });
 }
 
+// ---- the linear layers' gradients -------------------------------------------------------------
+
+// Panels [begin, end) of a by columns (fused_kernels.h). The input gradient g w is linear() on w
+// packed so: w's rows are then the reduction.
+void pack_linear_columns(const float* a, int64_t rows, int64_t cols, int64_t ld, float* packed, int64_t begin,
+                         int64_t end) {
+  for (int64_t p = begin; p < end; ++p) {
+    float* dst = packed + p * rows * kLinearPanel;
+    const int64_t c0 = p * kLinearPanel, n = std::min(kLinearPanel, cols - c0);
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* src = a + i * ld + c0;
+      float* d = dst + i * kLinearPanel;
+      if (n == kLinearPanel) {
+        Vec::loadu(src).store(d);
+        Vec::loadu(src + W).store(d + W);
+      } else {
+        for (int64_t j = 0; j < n; ++j) d[j] = src[j];
+        for (int64_t j = n; j < kLinearPanel; ++j) d[j] = 0.0f;
+      }
+    }
+  }
+}
+
 // Rows per product-then-norm group: their y ([48, n], 48 KB for n = 256) is still in L2 when the
 // norm reads it back, and the packed weight is swept once per group (from L3 when it outgrows L2,
 // as the down projection's 768 KB does).
@@ -798,6 +821,7 @@ const Kernels& HRMCLARA_PASTE(kernels_, HRMCLARA_FUSED_CAP)() {
                              kLinearPanel,
                              pack_linear_weight,
                              linear,
+                             pack_linear_columns,
                              linear_swiglu,
                              linear_add_rms_norm,
                              adam_atan2};

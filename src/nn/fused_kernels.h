@@ -120,6 +120,12 @@ struct Kernels {
   void (*pack_linear_weight)(const float* w, int64_t n, int64_t k, float* packed);
   // Rows [begin, end) of the product above.
   void (*linear)(const LinearArgs& a, int64_t begin, int64_t end);
+  // Panels [begin, end) of a [rows, cols] matrix (rows ld apart) packed by columns, as the right
+  // operand of a product that reduces over its rows: panel p holds a[i][p * linear_panel + j] at
+  // [p][i][j] (zero past cols), rows * linear_panel floats per panel. The input gradient g w runs
+  // linear() on w packed so.
+  void (*pack_linear_columns)(const float* a, int64_t rows, int64_t cols, int64_t ld, float* packed, int64_t begin,
+                              int64_t end);
   // Rows [begin, end) of SwiGLU's gate_up projection and activation in one: y [rows, n] =
   // silu(x wg^T) * (x wu^T) for w = [wg; wu] [2n, k] packed as above, n a multiple of linear_panel
   // (gate panel p pairs with up panel p + n / linear_panel). Rounds as linear then swiglu do.

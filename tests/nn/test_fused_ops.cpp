@@ -31,8 +31,8 @@
 //   gradients (measured 4.8e-7): the per-op differences pass through matmuls and two norms.
 // - AdamATan2: parameters 1e-6 (measured 2.7e-8; bitwise with AVX2 kernels), see that test.
 // - linear (the kernels' GEMM, x w^T): against the float64 product, no worse than at::linear's
-//   (MKL) error plus 2e-6 relative (measured 8.1e-7; see kLinearTol); its gradients are
-//   at::linear's products, bit for bit.
+//   (MKL) error plus 2e-6 relative (measured 8.1e-7; see kLinearTol); so is its input gradient g w,
+//   which runs on the same GEMM; its weight gradient is at::linear's product, bit for bit.
 #include <hrmclara/optim.h>
 #include <hrmclara/reasoning_layers.h>
 
@@ -590,19 +590,38 @@ TEST(FusedOps, LinearOnTheKernelsGemmIsAsAccurateAsMkl) {
   }
 }
 
-TEST(FusedOps, LinearGradientsAreAtenLinearsBitForBit) {
+TEST(FusedOps, LinearGradientsAreAsAccurateAsMklsAndTheWeightGradientIsBitForBit) {
   torch::manual_seed(13);
-  const auto x0 = torch::randn({2, 13, 40}), w0 = torch::randn({24, 40}), gy = torch::randn({2, 13, 24});
-  auto grads = [&](bool packed) {
-    auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
-    const auto y = packed ? fused::linear_packed(x, w) : at::linear(x, w);
-    y.backward(gy);
-    return std::make_pair(x.grad(), w.grad());
-  };
-  const auto [gx, gw] = grads(true);
-  const auto [px, pw] = grads(false);
-  EXPECT_TRUE(gx.equal(px));
-  EXPECT_TRUE(gw.equal(pw));
+  // The input gradient g w runs on the kernels' GEMM (w packed by columns, the sum over n in one
+  // FMA chain): against the float64 product, no worse than at::linear's plus kLinearTol. Rows
+  // and widths around the micro-kernel's 6 rows and the panel; n = 700 for a long reduction;
+  // strided x and gradients that are not contiguous (a transposed view).
+  for (const int64_t rows : {1, 7, 13})
+    for (const int64_t k : {1, 17, 40})
+      for (const int64_t n : {5, 24, 700}) {
+        const auto x0 = random({2, rows, k}, rows % 2 == 1), w0 = torch::randn({n, k});
+        const auto gy = k == 17 ? torch::randn({2, n, rows}).transpose(1, 2) : torch::randn({2, rows, n});
+        auto grads = [&](bool packed) {
+          auto x = x0.clone().requires_grad_(true), w = w0.clone().requires_grad_(true);
+          const auto y = packed ? fused::linear_packed(x, w) : at::linear(x, w);
+          y.backward(gy);
+          return std::make_pair(x.grad(), w.grad());
+        };
+        const auto [gx, gw] = grads(true);
+        const auto [px, pw] = grads(false);
+        const auto truth = at::matmul(gy.to(torch::kDouble), w0.to(torch::kDouble));
+        ASSERT_EQ(gx.sizes(), px.sizes());
+        const double err = rel_error(gx.to(torch::kDouble), truth), mkl_err = rel_error(px.to(torch::kDouble), truth);
+        record("linear input gradient (vs float64, over MKL's)", err - mkl_err);
+        EXPECT_LE(err, mkl_err + kLinearTol) << rows << "x" << k << " n " << n;
+        // The weight gradient g^T x is at::linear's own product.
+        EXPECT_TRUE(gw.equal(pw)) << rows << "x" << k << " n " << n;
+      }
+  // Only the weight needs a gradient: no input gradient, and no packed copy for it.
+  auto w = torch::randn({24, 40}).requires_grad_(true);
+  const auto x = torch::randn({3, 40});
+  fused::linear_packed(x, w).sum().backward();
+  EXPECT_LE(rel_error(w.grad(), torch::ones({24, 3}).mm(x)), kTol);
 }
 
 TEST(FusedOps, LinearReusesPackedWeightsOnlyWhileTheyAreUnchanged) {
@@ -625,6 +644,18 @@ TEST(FusedOps, LinearReusesPackedWeightsOnlyWhileTheyAreUnchanged) {
     FusedScope off(false);
     EXPECT_TRUE(fused::linear(x, w).equal(at::linear(x, w)));
   }
+  // The input gradient's copy of the weight (packed with the forward's) follows it too.
+  const auto gy = torch::randn({4, 9, 16});
+  auto input_grad = [&] {
+    auto xg = x.clone().requires_grad_(true);
+    fused::linear(xg, w).backward(gy);
+    return xg.grad();
+  };
+  const auto before = input_grad();
+  EXPECT_LE(rel_error(before, at::matmul(gy, w)), kLinearTol);
+  EXPECT_TRUE(input_grad().equal(before));  // the cached copies
+  w.mul_(3.0);
+  EXPECT_LE(rel_error(input_grad(), 3.0 * before), kLinearTol);
 }
 
 TEST(FusedOps, GateUpSwigluKernelRoundsAsLinearThenSwiglu) {
