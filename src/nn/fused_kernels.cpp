@@ -472,8 +472,8 @@ void product_rows(const float* a, int64_t a_row, int64_t a_k, const float* b, in
 constexpr int64_t kLinearPanel = 2 * W;
 constexpr int64_t kLinearChunkBytes = 256 * 1024;
 
-void pack_linear_weight(const float* w, int64_t n, int64_t k, float* packed) {
-  for (int64_t p = 0; p * kLinearPanel < n; ++p) {
+void pack_linear_weight(const float* w, int64_t n, int64_t k, float* packed, int64_t begin, int64_t end) {
+  for (int64_t p = begin; p < end; ++p) {
     float* dst = packed + p * k * kLinearPanel;
     const float* src = w + p * kLinearPanel * k;
     const int64_t cols = std::min<int64_t>(kLinearPanel, n - p * kLinearPanel);
@@ -533,22 +533,21 @@ void linear_swiglu(const LinearArgs& a, int64_t begin, int64_t end) {
 
 // ---- the linear layers' gradients -------------------------------------------------------------
 
-// Panels [begin, end) of a by columns (fused_kernels.h). The input gradient g w is linear() on w
-// packed so: w's rows are then the reduction.
-void pack_linear_columns(const float* a, int64_t rows, int64_t cols, int64_t ld, float* packed, int64_t begin,
-                         int64_t end) {
+// Panels [begin, end) of w [n, k] by columns (fused_kernels.h): the input gradient g w is linear()
+// on w packed so, w's rows being its reduction.
+void pack_linear_columns(const float* w, int64_t n, int64_t k, float* packed, int64_t begin, int64_t end) {
   for (int64_t p = begin; p < end; ++p) {
-    float* dst = packed + p * rows * kLinearPanel;
-    const int64_t c0 = p * kLinearPanel, n = std::min(kLinearPanel, cols - c0);
-    for (int64_t i = 0; i < rows; ++i) {
-      const float* src = a + i * ld + c0;
+    float* dst = packed + p * n * kLinearPanel;
+    const int64_t c0 = p * kLinearPanel, cols = std::min(kLinearPanel, k - c0);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* src = w + i * k + c0;
       float* d = dst + i * kLinearPanel;
-      if (n == kLinearPanel) {
+      if (cols == kLinearPanel) {
         Vec::loadu(src).store(d);
         Vec::loadu(src + W).store(d + W);
       } else {
-        for (int64_t j = 0; j < n; ++j) d[j] = src[j];
-        for (int64_t j = n; j < kLinearPanel; ++j) d[j] = 0.0f;
+        for (int64_t j = 0; j < cols; ++j) d[j] = src[j];
+        for (int64_t j = cols; j < kLinearPanel; ++j) d[j] = 0.0f;
       }
     }
   }

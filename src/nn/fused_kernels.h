@@ -114,18 +114,16 @@ struct Kernels {
   void (*attention)(const AttentionArgs& a, int64_t begin, int64_t end);
   // The same pairs: the gradient of the above with respect to qkv (Lq = L).
   void (*attention_backward)(const AttentionBackwardArgs& a, int64_t begin, int64_t end);
-  // Columns per panel of a packed linear weight (two vectors), and the packing itself: w [n, k]
-  // into ceil(n / linear_panel) panels of k * linear_panel floats.
+  // Columns per panel of a packed linear weight (two vectors), and the packing itself: panels
+  // [begin, end) of w [n, k]'s ceil(n / linear_panel) panels of k * linear_panel floats.
   int64_t linear_panel;
-  void (*pack_linear_weight)(const float* w, int64_t n, int64_t k, float* packed);
+  void (*pack_linear_weight)(const float* w, int64_t n, int64_t k, float* packed, int64_t begin, int64_t end);
   // Rows [begin, end) of the product above.
   void (*linear)(const LinearArgs& a, int64_t begin, int64_t end);
-  // Panels [begin, end) of a [rows, cols] matrix (rows ld apart) packed by columns, as the right
-  // operand of a product that reduces over its rows: panel p holds a[i][p * linear_panel + j] at
-  // [p][i][j] (zero past cols), rows * linear_panel floats per panel. The input gradient g w runs
-  // linear() on w packed so.
-  void (*pack_linear_columns)(const float* a, int64_t rows, int64_t cols, int64_t ld, float* packed, int64_t begin,
-                              int64_t end);
+  // Panels [begin, end) of w [n, k] packed by columns, as the right operand of g w (g [rows, n]):
+  // panel p holds w[i][p * linear_panel + j] at [p][i][j] (zero past k), n * linear_panel floats
+  // per panel. The input gradient runs linear() on it with k = n.
+  void (*pack_linear_columns)(const float* w, int64_t n, int64_t k, float* packed, int64_t begin, int64_t end);
   // Rows [begin, end) of SwiGLU's gate_up projection and activation in one: y [rows, n] =
   // silu(x wg^T) * (x wu^T) for w = [wg; wu] [2n, k] packed as above, n a multiple of linear_panel
   // (gate panel p pairs with up panel p + n / linear_panel). Rounds as linear then swiglu do.

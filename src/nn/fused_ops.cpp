@@ -138,19 +138,25 @@ void for_row_blocks(int64_t rows, const F& f) {
                    [&](int64_t b, int64_t e) { f(b * block, std::min(rows, e * block)); });
 }
 
-// w [n, k] packed as the right operand of x w^T (fused_kernels.h: LinearArgs).
-at::Tensor pack_weight(const at::Tensor& w) {
+// w [n, k] packed by one of the kernels' packers (fused_kernels.h): `panels` panels of
+// `panel_floats` floats, split over the threads.
+at::Tensor pack_panels(const at::Tensor& w,
+                       void (*pack)(const float*, int64_t, int64_t, float*, int64_t, int64_t), int64_t panels,
+                       int64_t panel_floats) {
   const auto wc = w.contiguous();
-  const auto& k = table();
-  const int64_t n = wc.size(0), in = wc.size(1), panels = (n + k.linear_panel - 1) / k.linear_panel;
-  auto packed = at::empty({panels * in * k.linear_panel}, wc.options());
+  auto packed = at::empty({panels * panel_floats}, wc.options());
   const float* src = wc.const_data_ptr<float>();
   float* dst = packed.data_ptr<float>();
-  parallel_rows(panels, in * k.linear_panel, [&](int64_t b, int64_t e) {
-    const int64_t c0 = b * k.linear_panel;
-    k.pack_linear_weight(src + c0 * in, std::min(n, e * k.linear_panel) - c0, in, dst + b * in * k.linear_panel);
-  });
+  const int64_t n = wc.size(0), k = wc.size(1);
+  parallel_rows(panels, panel_floats, [&](int64_t b, int64_t e) { pack(src, n, k, dst, b, e); });
   return packed;
+}
+
+int64_t panels_of(int64_t size) { return (size + table().linear_panel - 1) / table().linear_panel; }
+
+// w [n, k] packed as the right operand of x w^T (fused_kernels.h: LinearArgs).
+at::Tensor pack_weight(const at::Tensor& w) {
+  return pack_panels(w, table().pack_linear_weight, panels_of(w.size(0)), w.size(1) * table().linear_panel);
 }
 
 // Rows of x one stride apart (the no-grad SwiGLU leaves its activation as the gate half of each
@@ -217,21 +223,9 @@ at::Tensor linear_add_rms_norm_run(const at::Tensor& x, const at::Tensor& packed
   return run_linear_kernel(table().linear_add_rms_norm, x, packed, residual.size(-1), residual, eps);
 }
 
-// a [rows, cols] (rows ld apart) packed by columns (fused_kernels.h: pack_linear_columns).
-at::Tensor pack_columns(const float* a, int64_t rows, int64_t cols, int64_t ld, const at::TensorOptions& options) {
-  const auto& k = table();
-  const int64_t panels = (cols + k.linear_panel - 1) / k.linear_panel;
-  auto packed = at::empty({panels * rows * k.linear_panel}, options);
-  float* dst = packed.data_ptr<float>();
-  parallel_rows(panels, rows * k.linear_panel,
-                [&](int64_t b, int64_t e) { k.pack_linear_columns(a, rows, cols, ld, dst, b, e); });
-  return packed;
-}
-
 // w [n, k] packed as the right operand of the input gradient g w (g [rows, n]): linear_run(g, this, k).
 at::Tensor pack_weight_for_input_grad(const at::Tensor& w) {
-  const auto wc = w.contiguous();
-  return pack_columns(wc.const_data_ptr<float>(), wc.size(0), wc.size(1), wc.size(1), wc.options());
+  return pack_panels(w, table().pack_linear_columns, panels_of(w.size(1)), w.size(0) * table().linear_panel);
 }
 
 struct PackedLinearFn : public torch::autograd::Function<PackedLinearFn> {

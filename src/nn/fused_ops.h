@@ -65,11 +65,11 @@ at::Tensor attention(const at::Tensor& qkv, int64_t heads, const at::Tensor& cos
 // float32 CPU tensors with the fused kernels on and ATen's AVX2 table in use, the forward runs on
 // the kernels' own GEMM (fused_kernels.cpp: linear) against a copy of w packed once per scope;
 // everywhere else it is at::linear (MKL). Differentiable: the input gradient g w runs on the same
-// GEMM (w packed by columns, once per scope with the forward's copy; at the HRM and TRM layers'
-// shapes it beats MKL's sgemm by more than MKL's packing costs it there), the weight gradient g^T x is at::linear's own MKL product (bit
-// for bit; a reduction over all rows, where the kernels' GEMM was measured no faster). The
-// kernels' sums run in another order than MKL's, so the forward and the input gradient agree with
-// at::linear's to rounding.
+// GEMM (w packed by columns, once per scope with the forward's copy; measured faster than MKL's
+// sgemm at most of the HRM and TRM layers' shapes), the weight gradient g^T x is at::linear's own
+// MKL product, bit for bit (a reduction over all rows, where the kernels' GEMM was measured no
+// faster). The kernels' sums run in another order than MKL's, so the forward and the input
+// gradient agree with at::linear's to rounding.
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w);
 // The kernels' GEMM whatever the CPU and scope (w packed on every call): for the tests.
 at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& w);
